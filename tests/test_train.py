@@ -1,0 +1,178 @@
+"The trainer's promises that a notebook cell cannot prove well: exact resume, atomic checkpoints under a real crash, bad input."
+import json, os, signal, subprocess, sys, textwrap
+from pathlib import Path
+import pytest, torch, torch.nn as nn
+from sd_scratch.train import (TrainConfig, LatentCache, Trainer, atomic_save_safetensors, load_safetensors,
+                              draw_batch, min_snr_weight, read_log)
+
+
+def tiny_model(hidden=16):
+    "The smallest real UNet2DCondition if the UNet lesson is installed, else a small conv stand-in with the same call."
+    try:
+        from sd_scratch.unet import UNetConfig, UNet2DCondition
+    except ImportError:
+        return Stand_in(hidden)
+    return UNet2DCondition(UNetConfig(**TINY_UNET)) if hidden == 16 else UNet2DCondition(UNetConfig(**{**TINY_UNET, 'block_out_channels': (hidden, 2 * hidden)}))
+
+
+TINY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=8,
+                 cross_attention_dim=16, norm_num_groups=8)
+
+
+class Stand_in(nn.Module):
+    def __init__(self, hidden=16):
+        super().__init__()
+        self.inp, self.ctx, self.tim = nn.Conv2d(4, hidden, 3, padding=1), nn.Linear(16, hidden), nn.Linear(1, hidden)
+        self.out = nn.Sequential(nn.SiLU(), nn.Conv2d(hidden, 4, 3, padding=1))
+        import dataclasses
+        self.cfg = dataclasses.make_dataclass('StandInConfig', [('hidden', int)])(hidden)
+
+    def forward(self, z, t, context):
+        h = self.inp(z) + self.ctx(context.mean(1))[..., None, None] + self.tim(t.float().view(-1, 1) / 1000)[..., None, None]
+        return self.out(h)
+
+
+def random_cache(n=32, s=8, u=4, L=6, d=16):
+    g = torch.Generator().manual_seed(0)
+    return LatentCache(torch.randn(n, 4, s, s, generator=g), torch.arange(n) % u, [f"caption {i}" for i in range(u)],
+                       torch.randn(u, L, d, generator=g), torch.randn(L, d, generator=g))
+
+
+CFG = dict(steps=8, batch_size=4, grad_accum_steps=2, lr=2e-3, warmup_steps=2, device='cpu', cfg_dropout=0.2, ema_decay=0.99)
+
+
+def make_trainer(out_dir=None, init_seed=0, **kw):
+    torch.manual_seed(init_seed)
+    return Trainer(tiny_model(**kw), random_cache(), TrainConfig(**CFG), out_dir=out_dir, progress=False)
+
+
+def test_resume_is_exact(tmp_path):
+    full = make_trainer(tmp_path/'full')
+    losses_full = [r['loss'] for r in full.fit()]
+    first = make_trainer(tmp_path/'resumed')
+    losses_a = [r['loss'] for r in first.fit(until=3)]                 # writes tmp_path/resumed/checkpoint.safetensors
+    second = make_trainer(tmp_path/'resumed', init_seed=1)            # a different init: the checkpoint must overwrite it
+    assert second.load_checkpoint(tmp_path/'resumed'/'checkpoint.safetensors') == 3
+    losses_b = [r['loss'] for r in second.fit()]
+    assert losses_a + losses_b == losses_full                         # same losses, exactly
+    for (k, v), (k2, v2) in zip(full.model.state_dict().items(), second.model.state_dict().items()):
+        assert k == k2 and torch.equal(v, v2), k                      # same weights, bit for bit
+    for k, v in full.ema.shadow.items(): assert torch.equal(v, second.ema.shadow[k]), k
+    o1, o2 = full.optimizer.state_dict()['state'], second.optimizer.state_dict()['state']
+    for pid in o1:
+        for name in o1[pid]: assert torch.equal(o1[pid][name], o2[pid][name]), (pid, name)
+    # the log of the resumed run reads as one run
+    assert [r['loss'] for r in read_log(tmp_path/'resumed'/'log.jsonl')] == losses_full
+    assert [r['step'] for r in read_log(tmp_path/'resumed'/'log.jsonl')] == list(range(CFG['steps']))
+
+
+def test_resume_drops_log_lines_of_redone_steps(tmp_path):
+    tr = make_trainer(tmp_path)
+    tr.fit(until=2); tr.save_checkpoint(tmp_path/'at2.safetensors')
+    tr.fit(until=5)                                                   # steps 2..4 logged, then "crash"
+    again = make_trainer(tmp_path)
+    again.load_checkpoint(tmp_path/'at2.safetensors')
+    assert [r['step'] for r in read_log(tmp_path/'log.jsonl')] == [0, 1]
+
+
+def test_different_model_config_is_refused(tmp_path):
+    make_trainer(tmp_path).save_checkpoint(tmp_path/'a.safetensors')
+    other = make_trainer(hidden=24)
+    with pytest.raises(ValueError, match='different model config'):
+        other.load_checkpoint(tmp_path/'a.safetensors')
+
+
+def test_non_checkpoint_is_refused(tmp_path):
+    atomic_save_safetensors({'w': torch.ones(2)}, tmp_path/'w.safetensors')
+    with pytest.raises(ValueError, match='not a sd_scratch training checkpoint'):
+        make_trainer().load_checkpoint(tmp_path/'w.safetensors')
+
+
+def test_nan_loss_stops_with_step(tmp_path):
+    tr = make_trainer()
+    tr.fit(until=2)
+    with torch.no_grad():
+        for p in tr.model.parameters(): p.fill_(float('nan'))
+    before = {k: v.clone() for k, v in tr.ema.shadow.items()}
+    with pytest.raises(FloatingPointError, match='loss is nan at step 2'):
+        tr.fit()
+    assert tr.step == 2
+    for k, v in tr.ema.shadow.items(): assert torch.equal(v, before[k])   # the EMA never saw the NaN
+
+
+CRASH = textwrap.dedent("""
+    import os, signal, sys, torch
+    import sd_scratch.train as T
+    path = sys.argv[1]
+    real = T.save_file
+    def dying_write(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata)                 # write the whole new file to the temporary name...
+        data = open(filename, 'rb').read()
+        open(filename, 'wb').write(data[:len(data) // 2])          # ...tear it in half...
+        os.kill(os.getpid(), signal.SIGKILL)                       # ...and die before the rename, like a power cut
+    T.save_file = dying_write
+    T.atomic_save_safetensors({'w': torch.full((1000,), 2.0)}, path, {'version': 'new'})
+""")
+
+
+def test_atomic_write_survives_a_killed_process(tmp_path):
+    target = tmp_path/'checkpoint.safetensors'
+    atomic_save_safetensors({'w': torch.ones(1000)}, target, {'version': 'old'})
+    r = subprocess.run([sys.executable, '-c', CRASH, str(target)], capture_output=True, text=True)
+    assert r.returncode == -signal.SIGKILL, (r.returncode, r.stderr)
+    tensors, meta = load_safetensors(target)                         # the previous checkpoint, intact and loadable
+    assert meta['version'] == 'old' and torch.equal(tensors['w'], torch.ones(1000))
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name != target.name]
+    assert leftovers and all(n.endswith('.tmp') for n in leftovers)   # the torn file only ever had a temporary name
+
+
+def test_trainer_checkpoint_survives_a_crash_mid_save(tmp_path, monkeypatch):
+    import sd_scratch.train as T
+    tr = make_trainer(tmp_path)
+    tr.fit(until=2)                                                   # checkpoint at step 2
+    real = T.save_file
+    def torn(tensors, filename, metadata=None):
+        real(tensors, filename, metadata=metadata); Path(filename).write_bytes(b'torn'); raise OSError('disk full')
+    monkeypatch.setattr(T, 'save_file', torn)
+    with pytest.raises(OSError, match='disk full'): tr.fit(until=4)
+    monkeypatch.setattr(T, 'save_file', real)
+    again = make_trainer(tmp_path)
+    assert again.load_checkpoint(tmp_path/'checkpoint.safetensors') == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ['checkpoint.safetensors', 'log.jsonl']
+
+
+def test_config_errors(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys: \['bach_size', 'learning_rate'\]"):
+        TrainConfig.from_dict(dict(learning_rate=1e-4, bach_size=8))
+    (tmp_path/'c.json').write_text(json.dumps(dict(steps=5, typo=1)))
+    with pytest.raises(ValueError, match=r"unknown TrainConfig keys: \['typo'\]"):
+        TrainConfig.from_json(tmp_path/'c.json')
+    with pytest.raises(ValueError, match='batch_size=6 is not divisible by grad_accum_steps=4'):
+        TrainConfig(batch_size=6, grad_accum_steps=4)
+    with pytest.raises(FileNotFoundError, match='does not exist'):
+        TrainConfig(data=str(tmp_path/'missing.safetensors'))
+    with pytest.raises(ValueError, match='cfg_dropout'):
+        TrainConfig(cfg_dropout=1.5)
+    with pytest.raises(ValueError, match='steps must be a positive int'):
+        TrainConfig(steps=0)
+
+
+def test_latent_cache_round_trip(tmp_path):
+    c = random_cache()
+    c.save(tmp_path/'cache.safetensors')
+    d = LatentCache.load(tmp_path/'cache.safetensors')
+    assert d.captions == c.captions and torch.equal(d.latents, c.latents) and torch.equal(d.contexts, c.contexts)
+    assert TrainConfig(data=str(tmp_path/'cache.safetensors')).data.endswith('cache.safetensors')
+
+
+def test_min_snr_weight():
+    assert torch.allclose(min_snr_weight(torch.tensor([1., 5., 10., 100.]), 5.), torch.tensor([1., 1., .5, .05]))
+
+
+def test_bf16_autocast_and_grad_accum_run():
+    torch.manual_seed(0)
+    cfg = TrainConfig(**{**CFG, 'mixed_precision': 'bf16', 'steps': 2})
+    tr = Trainer(tiny_model(), random_cache(), cfg, progress=False)
+    recs = tr.fit()
+    assert len(recs) == 2 and all(torch.isfinite(torch.tensor(r['loss'])) for r in recs)
+    assert all(p.dtype == torch.float32 for p in tr.model.parameters())   # autocast: weights stay float32
