@@ -5,17 +5,12 @@
 """
 import gzip, json, sys
 from pathlib import Path
-
-def byte_unicode_table():
-    "CLIP/GPT-2 map (in CLIP's vocabulary order: printable bytes first) from the 256 byte values to printable unicode characters."
-    keep = list(range(ord('!'), ord('~')+1)) + list(range(ord('¡'), ord('¬')+1)) + list(range(ord('®'), ord('ÿ')+1))
-    rest = [b for b in range(256) if b not in keep]  # control bytes, space, ... get chr(256+i)
-    return dict(zip(keep + rest, [chr(b) for b in keep] + [chr(256+i) for i in range(len(rest))]))
+from sd_scratch.clip import bytes_to_unicode   # the byte -> printable-character table, taught in nbs/01_clip.ipynb
 
 def main(src, dest):
     lines = gzip.open(src, 'rt', encoding='utf-8').read().split('\n')
     merges = [tuple(l.split()) for l in lines[1:49152-256-2+1]]
-    base = list(byte_unicode_table().values())
+    base = list(bytes_to_unicode().values())   # CLIP's vocabulary order: printable bytes first
     vocab = base + [c+'</w>' for c in base] + [''.join(m) for m in merges] + ['<|startoftext|>', '<|endoftext|>']
     assert len(vocab) == len(set(vocab)) == 49408, len(vocab)
     dest = Path(dest)
