@@ -10,7 +10,9 @@ from PIL import Image, ImageDraw
 from .core import image_to_tensor
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'render_shape', 'make_caption', 'caption_vocabulary', 'all_captions', 'ShapesDataset']
+__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'IMAGE_EXTS', 'render_shape', 'make_caption', 'caption_vocabulary', 'all_captions',
+           'ShapesDataset', 'iter_image_folder', 'iter_tar_shards', 'resize_center_crop', 'ShardStats',
+           'write_image_shards', 'encode_latent_shards', 'LatentShardDataset']
 
 # %% ../nbs/00a_data.ipynb #9d00a7db
 COLOURS = {                      # colour name -> RGB, the shape and background palette
@@ -142,3 +144,184 @@ class ShapesDataset(torch.utils.data.Dataset):
         return torch.tensor([vocab[key].index(a[key]) for a in self.attrs])
 
     def __repr__(self): return f"ShapesDataset(n={self.n}, size={self.size}, seed={self.seed})"
+
+# %% ../nbs/00a_data.ipynb #3ec7bcad
+import io, json, os, tarfile, warnings
+from dataclasses import dataclass, asdict
+from pathlib import Path
+from PIL import UnidentifiedImageError
+from tqdm.auto import tqdm
+import webdataset as wds
+
+IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')   # file suffixes read as images
+
+# %% ../nbs/00a_data.ipynb #53c013c8
+def iter_image_folder(folder # a folder of images, each with a same-named .txt caption (and optionally a .json of metadata)
+                     ):
+    "Yield `(key, image_bytes, caption, meta)` for every image in `folder` (recursively), sorted by path."
+    folder = Path(folder)
+    if not folder.is_dir(): raise NotADirectoryError(f"{folder} is not a folder of images")
+    for p in sorted(q for q in folder.rglob('*') if q.suffix.lower() in IMAGE_EXTS):
+        txt, meta = p.with_suffix('.txt'), p.with_suffix('.json')
+        caption = txt.read_text(errors='replace').strip() if txt.exists() else None
+        try: m = json.loads(meta.read_text()) if meta.exists() else {}
+        except ValueError: m = {}
+        yield str(p.relative_to(folder).with_suffix('')).replace(os.sep, '_'), p.read_bytes(), caption, m
+
+def iter_tar_shards(paths # img2dataset / WebDataset tar files: KEY.jpg (or .png/.webp), KEY.txt, KEY.json
+                   ):
+    "Yield `(key, image_bytes, caption, meta)` for every sample of the tar shards, in order."
+    for path in paths:
+        groups = {}
+        with tarfile.open(path) as tar:
+            for m in tar:
+                if not m.isfile(): continue
+                key, _, ext = m.name.partition('.')
+                groups.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
+        for key, g in groups.items():
+            img = next((g[e] for e in ('jpg', 'jpeg', 'png', 'webp') if e in g), None)
+            if img is None: continue
+            caption = g['txt'].decode('utf-8', 'replace').strip() if 'txt' in g else None
+            try: meta = json.loads(g['json']) if 'json' in g else {}
+            except ValueError: meta = {}
+            yield f"{Path(path).stem}_{Path(key).name}", img, caption, meta
+
+# %% ../nbs/00a_data.ipynb #5e4fb67e
+def resize_center_crop(img:Image.Image, # any mode; converted to RGB
+                       size:int # side of the square output
+                      ) -> Image.Image:
+    "Scale so the short side is `size` (bicubic, with reducing_gap for quality), then cut the centre square."
+    img = img.convert('RGB')
+    w, h = img.size
+    s = size / min(w, h)
+    nw, nh = max(size, round(w * s)), max(size, round(h * s))
+    img = img.resize((nw, nh), Image.BICUBIC, reducing_gap=3.0)
+    left, top = (nw - size) // 2, (nh - size) // 2
+    return img.crop((left, top, left + size, top + size))
+
+@dataclass
+class ShardStats:
+    "What happened to each input sample."
+    seen:int = 0          # samples read
+    written:int = 0       # samples written
+    unreadable:int = 0    # image bytes PIL could not decode
+    too_small:int = 0     # short side below min_size
+    low_score:int = 0     # metadata score below min_score
+    no_caption:int = 0    # no (or an empty) caption
+    def __str__(self): return ', '.join(f"{k} {v}" for k, v in asdict(self).items())
+
+# %% ../nbs/00a_data.ipynb #87fd0932
+def write_image_shards(source, # a folder of image + .txt pairs, a folder of .tar shards, or a list of .tar paths
+                       out_dir, # where 00000.tar, 00001.tar, ... go
+                       size:int=512, # training resolution: resize the short side, centre-crop to size x size
+                       min_size:int|None=None, # skip images whose short side is smaller (default: size, no upscaling)
+                       score_key:str='aesthetic', # metadata field to filter on, when the sample has it
+                       min_score:float|None=None, # skip samples whose score is below this (None: no filter)
+                       samples_per_shard:int=1000, # samples per output tar
+                       quality:int=95, # JPEG quality of the written images
+                       progress:bool=True # tqdm bar
+                      ) -> ShardStats:
+    "Turn image-caption pairs into WebDataset shards (`KEY.jpg`, `KEY.txt`, `KEY.json`) at one resolution; bad samples are counted, never raised."
+    if not isinstance(size, int) or size < 8: raise ValueError(f"size must be an int >= 8, got {size!r}")
+    if samples_per_shard < 1: raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    min_size = size if min_size is None else min_size
+    if isinstance(source, (str, Path)) and Path(source).is_dir() and not any(Path(source).glob('*.tar')): samples = iter_image_folder(source)
+    else:
+        paths = sorted(Path(source).glob('*.tar')) if isinstance(source, (str, Path)) and Path(source).is_dir() else [Path(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing: raise FileNotFoundError(f"shards not found: {missing[:5]}")
+        samples = iter_tar_shards(paths)
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    stats = ShardStats()
+    with warnings.catch_warnings(), wds.ShardWriter(str(out/'%05d.tar'), maxcount=samples_per_shard, verbose=0) as sink:
+        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+        for key, data, caption, meta in tqdm(samples, desc='image shards', disable=not progress, leave=False):
+            stats.seen += 1
+            if not caption: stats.no_caption += 1; continue
+            score = meta.get(score_key)
+            if min_score is not None and isinstance(score, (int, float)) and score < min_score: stats.low_score += 1; continue
+            try:
+                with Image.open(io.BytesIO(data)) as im:
+                    if min(im.size) < min_size: stats.too_small += 1; continue
+                    img = resize_center_crop(im, size)          # decodes: a truncated file fails here
+            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError):
+                stats.unreadable += 1; continue
+            buf = io.BytesIO(); img.save(buf, format='JPEG', quality=quality)
+            sink.write({'__key__': key, 'jpg': buf.getvalue(), 'txt': caption.encode(),
+                        'json': json.dumps(meta).encode()})
+            stats.written += 1
+    return stats
+
+# %% ../nbs/00a_data.ipynb #122c7a10
+def _rank_world(rank, world_size):
+    "This process's (rank, world size): given, else torchrun's RANK / WORLD_SIZE, else (0, 1)."
+    r = int(os.environ.get('RANK', 0)) if rank is None else rank
+    w = int(os.environ.get('WORLD_SIZE', 1)) if world_size is None else world_size
+    if not 0 <= r < w: raise ValueError(f"rank {r} is outside 0..{w - 1}")
+    return r, w
+
+def _tar_paths(shards) -> list:
+    if isinstance(shards, (str, Path)):
+        p = Path(shards)
+        paths = sorted(p.glob('*.tar')) if p.is_dir() else [p]
+    else: paths = [Path(s) for s in shards]
+    if not paths: raise FileNotFoundError(f"no .tar shards in {shards}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing: raise FileNotFoundError(f"shards not found: {missing[:5]}")
+    return paths
+
+def _npy_bytes(a:np.ndarray) -> bytes:
+    buf = io.BytesIO(); np.save(buf, a, allow_pickle=False); return buf.getvalue()
+
+@torch.no_grad()
+def encode_latent_shards(image_shards, # a folder of .tar image shards (from `write_image_shards`) or a list of paths
+                         out_dir, # latent shards go here, one per image shard, same name
+                         encode, # callable: images (B, 3, H, W) in [-1, 1] -> scaled latents (B, C, H/8, W/8), e.g. a frozen VAE's
+                         batch_size:int=16, # images per `encode` call
+                         device='cpu', # where the images are sent before `encode`
+                         rank:int|None=None, world_size:int|None=None, # this process's share (default: torchrun's env)
+                         dtype=torch.float16, # storage dtype of the latents
+                         progress:bool=True
+                        ) -> list:
+    "Encode every image of this rank's shards (`shards[rank::world_size]`) once; writes `KEY.latent.npy`, `KEY.txt`, `KEY.json`. Returns the paths written."
+    rank, world_size = _rank_world(rank, world_size)
+    mine = _tar_paths(image_shards)[rank::world_size]
+    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for path in tqdm(mine, desc=f'latent shards (rank {rank})', disable=not progress, leave=False):
+        target = out/path.name
+        if target.exists(): written.append(target); continue       # done by an earlier (interrupted) run
+        tmp = out/f".{path.name}.rank{rank}.tmp"
+        samples = list(iter_tar_shards([path]))
+        with wds.TarWriter(str(tmp)) as sink:
+            for i in range(0, len(samples), batch_size):
+                chunk = samples[i:i + batch_size]
+                x = torch.stack([image_to_tensor(Image.open(io.BytesIO(d)).convert('RGB')) for _, d, _, _ in chunk])   # (B, 3, H, W)
+                z = encode(x.to(device)).to(dtype).cpu()                                                          # (B, C, H/8, W/8)
+                for (key, _, caption, meta), zi in zip(chunk, z):
+                    sink.write({'__key__': key.split('_', 1)[-1], 'latent.npy': _npy_bytes(zi.numpy()),
+                                'txt': (caption or '').encode(), 'json': json.dumps(meta).encode()})
+        os.replace(tmp, target)                                    # a shard appears whole or not at all
+        written.append(target)
+    return written
+
+# %% ../nbs/00a_data.ipynb #af41e024
+class LatentShardDataset(torch.utils.data.IterableDataset):
+    "Stream `(latent, caption)` from latent shards: each rank (and each DataLoader worker) reads its own shards."
+    def __init__(self, shards, # a folder of latent shards or a list of paths
+                 rank:int|None=None, world_size:int|None=None, # default: torchrun's env
+                 shuffle_buffer:int=0, # >0: shuffle samples within a buffer this big
+                 seed:int=0 # seed of the shuffle (plus the rank, so ranks differ)
+                ):
+        self.paths, (self.rank, self.world_size) = _tar_paths(shards), _rank_world(rank, world_size)
+        if len(self.paths) < self.world_size:
+            raise ValueError(f"{len(self.paths)} shards cannot be split over {self.world_size} processes: write more, smaller shards")
+        self.shuffle_buffer, self.seed = shuffle_buffer, seed
+
+    def __iter__(self):
+        urls = [str(p) for p in self.paths[self.rank::self.world_size]]
+        ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False)   # worker split: wds default
+        if self.shuffle_buffer: ds = ds.shuffle(self.shuffle_buffer, rng=__import__('random').Random(self.seed + 7919 * self.rank))
+        for s in ds:
+            z = np.load(io.BytesIO(s['latent.npy']), allow_pickle=False)   # no pickle code runs
+            yield torch.from_numpy(z).float(), s['txt'].decode()
