@@ -117,3 +117,17 @@ def test_configs():
     with pytest.raises(ValueError, match='unknown RunConfig keys'): load_run_config(dict(name='x', modle='unet'))
     with pytest.raises(ValueError, match='unknown TrainConfig keys'): load_run_config(dict(base='tiny', train=dict(stepz=3)))
     assert load_run_config(dict(base='tiny', train=dict(steps=9))).train_config().steps == 9
+
+
+def test_unet_recipe_settings_reach_the_unet():
+    "gradient_checkpointing in the TrainConfig switches our UNet's (config-driven) checkpointing on, and a step runs."
+    from sd_scratch.unet import UNetConfig, UNet2DCondition
+    from sd_scratch.train import TrainConfig
+    torch.manual_seed(0)
+    unet = UNet2DCondition(UNetConfig(block_out_channels=(16, 32), layers_per_block=1, cross_attn_levels=(True, False), num_heads=2,
+                                      cross_attention_dim=16, norm_groups=8))
+    cfg = TrainConfig(steps=1, batch_size=4, grad_accum_steps=2, device='cpu', gradient_checkpointing=True)
+    tr = DistributedTrainer(unet, build_data(load_run_config('tiny')), cfg, None, progress=False, env=DistEnv())
+    assert unet.cfg.gradient_checkpointing
+    rec = tr.fit()[0]
+    assert torch.isfinite(torch.tensor(rec['loss'])) and rec['grad_norm'] > 0
