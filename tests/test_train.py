@@ -6,17 +6,17 @@ from sd_scratch.train import (TrainConfig, LatentCache, Trainer, atomic_save_saf
                               draw_batch, min_snr_weight, read_log)
 
 
+TINY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, cross_attn_levels=(False, True),
+                 num_heads=2, cross_attention_dim=16, norm_groups=8)
+
+
 def tiny_model(hidden=16):
     "The smallest real UNet2DCondition if the UNet lesson is installed, else a small conv stand-in with the same call."
     try:
         from sd_scratch.unet import UNetConfig, UNet2DCondition
     except ImportError:
         return Stand_in(hidden)
-    return UNet2DCondition(UNetConfig(**TINY_UNET)) if hidden == 16 else UNet2DCondition(UNetConfig(**{**TINY_UNET, 'block_out_channels': (hidden, 2 * hidden)}))
-
-
-TINY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, attention_head_dim=8,
-                 cross_attention_dim=16, norm_num_groups=8)
+    return UNet2DCondition(UNetConfig(**{**TINY_UNET, 'block_out_channels': (hidden, 2 * hidden)}))
 
 
 class Stand_in(nn.Module):
@@ -176,3 +176,16 @@ def test_bf16_autocast_and_grad_accum_run():
     recs = tr.fit()
     assert len(recs) == 2 and all(torch.isfinite(torch.tensor(r['loss'])) for r in recs)
     assert all(p.dtype == torch.float32 for p in tr.model.parameters())   # autocast: weights stay float32
+
+
+def test_gradient_checkpointing_gives_the_same_step():
+    "Checkpointing recomputes activations in backward: same losses and weights (to float rounding), less memory."
+    pytest.importorskip('sd_scratch.unet')
+    runs = []
+    for ckpt in (False, True):
+        torch.manual_seed(0)
+        tr = Trainer(tiny_model(), random_cache(), TrainConfig(**{**CFG, 'steps': 2, 'gradient_checkpointing': ckpt}), progress=False)
+        assert tr.model.cfg.gradient_checkpointing is ckpt
+        runs.append(([r['loss'] for r in tr.fit()], tr.model.state_dict()))
+    assert torch.allclose(torch.tensor(runs[0][0]), torch.tensor(runs[1][0]), rtol=1e-5)
+    for k, v in runs[0][1].items(): assert torch.allclose(v, runs[1][1][k], atol=1e-5), k
