@@ -143,3 +143,15 @@ def test_not_a_diffusers_folder(tmp_path):
     with pytest.raises(FileNotFoundError, match='not a diffusers folder: no config.json in vae/, text_encoder/'):
         load_diffusers_folder(tmp_path)
     with pytest.raises(FileNotFoundError, match='not found'): load_diffusers_folder(tmp_path / 'absent')
+
+
+def test_float16_file(saved, tmp_path):
+    "A half-precision file (as most shared SD files are) loads into float32 networks holding the rounded values."
+    sd, _, _ = saved
+    path = save_single_file(sd, tmp_path / 'half.safetensors', dtype=torch.float16)
+    tensors = load_file(path)
+    assert tensors['model.diffusion_model.out.2.weight'].dtype == torch.float16
+    assert tensors['alphas_cumprod'].dtype == torch.float32      # the schedule stays exact
+    back = load_single_file(path)
+    assert back.unet.conv_out.weight.dtype == torch.float32
+    assert torch.equal(back.unet.conv_out.weight, sd.unet.conv_out.weight.half().float())
