@@ -113,7 +113,7 @@ def test_configs():
     tc = sd.train_config()
     assert (tc.batch_size, tc.grad_accum_steps, sd.per_process_batch(2)) == (96, 2, 24)   # 2 GPUs x 24 x 2 = 96
     assert (tc.lr, tc.min_snr_gamma, tc.ema_decay, tc.mixed_precision, tc.gradient_checkpointing) == (1e-4, 5.0, 0.9999, 'bf16', True)
-    with pytest.raises(ValueError, match='known configs'): load_run_config('toy')
+    with pytest.raises(ValueError, match='known configs'): load_run_config('small')
     with pytest.raises(ValueError, match='unknown RunConfig keys'): load_run_config(dict(name='x', modle='unet'))
     with pytest.raises(ValueError, match='unknown TrainConfig keys'): load_run_config(dict(base='tiny', train=dict(stepz=3)))
     assert load_run_config(dict(base='tiny', train=dict(steps=9))).train_config().steps == 9
@@ -131,3 +131,20 @@ def test_unet_recipe_settings_reach_the_unet():
     assert unet.cfg.gradient_checkpointing
     rec = tr.fit()[0]
     assert torch.isfinite(torch.tensor(rec['loss'])) and rec['grad_norm'] > 0
+
+
+def test_toy_recipe_through_the_distributed_trainer(tmp_path):
+    "The 07 toy recipe (real small UNet, toy VAE, a text tower) trains through DistributedTrainer and saves its EMA UNet."
+    from sd_scratch.vae import load_toy_vae
+    from sd_scratch.clip import CLIPTextConfig, CLIPTextEncoder
+    from sd_scratch.train import toy_config, load_toy_unet
+    from sd_scratch.distributed import train_toy_distributed
+    torch.manual_seed(0)
+    text = CLIPTextEncoder(CLIPTextConfig(hidden_size=64, n_layers=1, n_heads=4, intermediate_size=128))   # untrained stand-in
+    from sd_scratch.distributed import random_latent_cache
+    random_latent_cache(n=8, latent_size=16, context_len=77, context_dim=64).save(tmp_path/'cache.safetensors')   # skip encoding the shapes
+    cfg = toy_config(steps=2, batch_size=4, sample_every=0, ckpt_every=0, log_every=1, data=str(tmp_path/'cache.safetensors'))
+    tr = train_toy_distributed(tmp_path, load_toy_vae(), text, cfg, progress=False)
+    assert tr.step == 2 and (tmp_path/'checkpoint.safetensors').exists()
+    unet, _ = load_toy_unet(tmp_path/'toy_unet.safetensors')
+    assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in unwrap(tr.model).parameters())
