@@ -42,7 +42,9 @@ class StableDiffusion:
     @property
     def device(self): return next(self.unet.parameters()).device
     @property
-    def dtype(self): return next(self.unet.parameters()).dtype
+    def dtype(self): return next(self.unet.parameters()).dtype      # latents follow the UNet's dtype
+    @property
+    def vae_dtype(self): return next(self.vae.parameters()).dtype   # the VAE may stay in float32 when the UNet is half
     @property
     def latent_channels(self): return self.vae.cfg.latent_channels
     @property
@@ -92,9 +94,9 @@ class StableDiffusion:
         else: raise TypeError(f"init_image must be a PIL image, a list of them or a tensor in [-1, 1], got {type(init_image).__name__}")
         self._check_size(*x.shape[-2:])
         if B % x.shape[0]: raise ValueError(f"{x.shape[0]} init images cannot be spread over {B} prompts")
-        post = self.vae.encode(x.to(self.device, self.dtype))
+        post = self.vae.encode(x.to(self.device, self.vae_dtype))
         z0 = self.scaling_factor * post.sample(generator=generator)   # (N, C, h, w), scaled as the UNet expects
-        return z0.repeat(B // x.shape[0], 1, 1, 1)                     # (N, ...) -> (B, ...)
+        return z0.to(self.dtype).repeat(B // x.shape[0], 1, 1, 1)      # (N, ...) -> (B, ...)
 
     def _check_size(self, height:int, width:int):
         m = self.size_multiple
@@ -163,4 +165,4 @@ class StableDiffusion:
             eps = self.guided_eps(z, t, context, guidance_scale)
             z, x0 = smp.step(eps, t, z, generator=generator, return_x0=True)
             if callback is not None: callback(i, t, z, x0)
-        return _to_output(self.vae.decode(z / self.scaling_factor), output_type)
+        return _to_output(self.vae.decode((z / self.scaling_factor).to(self.vae_dtype)), output_type)
