@@ -12,7 +12,8 @@ that loads the weights (safetensors, memory-mapped, `assign=True`), resets the k
 (`echo 5 > /proc/self/clear_refs`), reads its resident set (VmRSS), runs the step once and reads the high-water mark
 (VmHWM, the same quantity as `getrusage().ru_maxrss`); peak = VmHWM - VmRSS before the step. glibc's dynamic mmap
 threshold is pinned (MALLOC_MMAP_THRESHOLD_=65536) so freed tensors go back to the OS and do not hide allocations.
-Linux only.
+Linux only. NOTE: the weights are memory-mapped, so the first step also pages them in: every peak includes the
+~3.3 GB of fp32 weights (and fwd+bwd the ~3.3 GB of gradients); activations are the small remainder at 32x32.
 
 Usage: python benchmarks/unet_vs_diffusers.py [--reps 3] [--size 32]
 """
