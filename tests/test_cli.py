@@ -65,8 +65,8 @@ def test_truncated_checkpoint_is_a_clear_error(checkpoint, tmp_path):
     r = run('generate', '--checkpoint', str(bad), '--prompt', 'x', '--height', '64', '--width', '64')
     assert r.returncode == 2 and 'bad.safetensors' in r.stderr and 'Traceback' not in r.stderr, r.stderr
 
-def test_no_checkpoint_says_what_is_needed(tmp_path):
-    # no toy model ships yet: the CLI must say that a checkpoint is needed, not crash
-    r = run('generate', '--prompt', 'a red circle', '--height', '64', '--width', '64', '--out', str(tmp_path))
-    if r.returncode == 0: pytest.skip('a shipped toy model answered (no checkpoint needed)')
-    assert '--checkpoint' in r.stderr and 'Traceback' not in r.stderr, r.stderr
+def test_no_checkpoint_uses_the_shipped_toy_model(tmp_path):
+    r = run('generate', '--prompt', 'a red circle on a blue background', '--steps', '5', '--out', str(tmp_path))
+    assert r.returncode == 0, r.stderr
+    paths = [Path(l) for l in r.stdout.split() if l.endswith('.png')]
+    assert len(paths) == 1 and Image.open(paths[0]).size == (64, 64)    # the toy model's own size when none is given
