@@ -196,25 +196,10 @@ class DistributedTrainer(Trainer):
         return train_step(self.model, self.optimizer, self.ema, self.cache, self.schedule, self.cfg, self.step,
                           self.env.rank, self.env.world_size, no_sync=getattr(self.model, 'no_sync', None))
 
-    def fit(self, until:int|None=None) -> list:
-        "Train up to `until` (default cfg.steps); the loss logged is the mean over all ranks."
-        until = self.cfg.steps if until is None else until
-        start, taken = self.step, []
-        bar = tqdm(total=until, initial=start, desc='train', disable=not self.progress, leave=False)
-        try:
-            while self.step < until:
-                t0 = time.perf_counter()
-                rec = self.train_one_step()
-                rec['loss'] = all_reduce_mean(rec['loss'])
-                rec['seconds'] = round(time.perf_counter() - t0, 4)
-                self.step += 1
-                self._log(rec); taken.append(rec)
-                bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}")
-                if self.cfg.sample_every and self.step % self.cfg.sample_every == 0: self.save_samples()
-                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.run_dir is not None: self.save_checkpoint()
-        finally: bar.close()
-        if self.run_dir is not None and self.step > start: self.save_checkpoint()
-        return taken
+    def reduce_metrics(self, rec:dict) -> dict:
+        "The loss logged is the mean over all ranks (the 07 `Trainer.fit` loop does the rest)."
+        rec['loss'] = all_reduce_mean(rec['loss'])
+        return rec
 
     def save_samples(self):
         "Rank 0 samples with the EMA weights while the others wait."

@@ -428,6 +428,14 @@ class Trainer:
         if self.log_path is not None and rec['step'] % self.cfg.log_every == 0:
             with open(self.log_path, 'a') as f: f.write(json.dumps(rec) + '\n')
 
+    def train_one_step(self) -> dict:
+        "One optimizer step (a subclass may shard the batch, e.g. across DDP ranks)."
+        return train_step(self.model, self.optimizer, self.ema, self.cache, self.schedule, self.cfg, self.step)
+
+    def reduce_metrics(self, rec:dict) -> dict:
+        "Combine a step's metrics across processes before logging; one process: as they are."
+        return rec
+
     def fit(self, until:int|None=None # train up to this step (default: cfg.steps)
            ) -> list:
         "Train from the current step up to `until`; returns the metrics of the steps taken."
@@ -437,15 +445,15 @@ class Trainer:
         try:
             while self.step < until:
                 t0 = time.perf_counter()
-                rec = train_step(self.model, self.optimizer, self.ema, self.cache, self.schedule, self.cfg, self.step)
+                rec = self.reduce_metrics(self.train_one_step())
                 rec['seconds'] = round(time.perf_counter() - t0, 4)
                 self.step += 1
                 self._log(rec); taken.append(rec)
                 bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
                 if self.cfg.sample_every and self.step % self.cfg.sample_every == 0: self.save_samples()
-                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.out_dir is not None: self.save_checkpoint()
+                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.checkpoint_path is not None: self.save_checkpoint()
         finally: bar.close()
-        if self.out_dir is not None and self.step > start: self.save_checkpoint()
+        if self.checkpoint_path is not None and self.step > start: self.save_checkpoint()
         return taken
 
     def ema_model(self) -> nn.Module:
