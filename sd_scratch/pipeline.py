@@ -52,9 +52,8 @@ class StableDiffusion:
     def scaling_factor(self): return self.vae.cfg.scaling_factor
     @property
     def size_multiple(self) -> int:
-        "Height and width must be multiples of this: the VAE's downsampling (8 in SD) times the UNet's (2**(levels-1))."
-        cfg = getattr(self.unet, 'cfg', None)
-        return max(8, self.vae.cfg.downsample_factor * (2 ** (cfg.levels - 1) if cfg is not None else 1))
+        "Height and width must be multiples of this: 8, or the VAE's downsampling if larger (the UNet takes latents of any size)."
+        return max(8, self.vae.cfg.downsample_factor)
 
     @torch.no_grad()
     def encode_prompt(self, prompts:list[str]) -> torch.Tensor:

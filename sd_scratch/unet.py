@@ -108,11 +108,14 @@ class Downsample(nn.Module):
 
 
 class Upsample(nn.Module):
-    "Double H and W: nearest-neighbour repeat, then a 3x3 conv."
+    "Double H and W (or reach `size`, the skip's size, when a side was odd on the way down): nearest-neighbour repeat, then a 3x3 conv."
     def __init__(self, ch:int):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
-    def forward(self, x): return self.conv(F.interpolate(x, scale_factor=2., mode='nearest'))  # (B, C, H, W) -> (B, C, 2H, 2W)
+    def forward(self, x, size=None):                                # (B, C, H, W) -> (B, C, 2H, 2W), or (B, C, *size)
+        if size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]): x = F.interpolate(x, scale_factor=2., mode='nearest')
+        else: x = F.interpolate(x, size=tuple(size), mode='nearest')
+        return self.conv(x)
 
 # %% ../nbs/04_unet.ipynb #813ebd16
 def _maybe_checkpoint(module, use:bool, *args):
@@ -180,7 +183,8 @@ class UpBlock(nn.Module):
             h = torch.cat([h, skips.pop()], dim=1)                    # (B, C, H, W) + (B, C_skip, H, W) -> (B, C + C_skip, H, W)
             h = _maybe_checkpoint(resnet, ckpt, h, temb)
             if self.attentions is not None: h = _maybe_checkpoint(self.attentions[i], ckpt, h, context)
-        if self.upsamplers is not None: h = self.upsamplers[0](h)
+        if self.upsamplers is not None:                               # up to the size of the skips the next block pops
+            h = self.upsamplers[0](h, skips[-1].shape[-2:])
         return h
 
 # %% ../nbs/04_unet.ipynb #d1371015
@@ -204,11 +208,9 @@ class UNet2DCondition(nn.Module):
         self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
 
     def _check_inputs(self, z, t, context):
-        cfg, f = self.cfg, 2 ** (self.cfg.levels - 1)
-        if z.ndim != 4 or z.shape[1] != cfg.in_channels:
-            raise ValueError(f"latents must be (B, {cfg.in_channels}, H, W), got {tuple(z.shape)}")
-        if z.shape[2] % f or z.shape[3] % f:
-            raise ValueError(f"latent height and width must be divisible by 2**(levels-1) = {f}, got {tuple(z.shape[2:])}")
+        cfg = self.cfg
+        if z.ndim != 4 or z.shape[1] != cfg.in_channels or 0 in z.shape:
+            raise ValueError(f"latents must be (B, {cfg.in_channels}, H, W) with H, W >= 1, got {tuple(z.shape)}")
         if context.ndim != 3 or context.shape[-1] != cfg.cross_attention_dim:
             raise ValueError(f"context must be (B, L, {cfg.cross_attention_dim}), got {tuple(context.shape)}")
         if context.shape[0] != z.shape[0]:
@@ -220,7 +222,7 @@ class UNet2DCondition(nn.Module):
         return t
 
     def forward(self,
-                z:torch.Tensor, # noisy latents (B, in_channels, H, W), H and W divisible by 2**(levels-1)
+                z:torch.Tensor, # noisy latents (B, in_channels, H, W), any H and W (odd sizes upsample to the skips' size)
                 t:torch.Tensor|int, # timesteps: int tensor (B,) or a scalar
                 context:torch.Tensor # text embeddings (B, L, cross_attention_dim)
                ) -> torch.Tensor:

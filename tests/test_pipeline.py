@@ -62,13 +62,13 @@ def test_img2img_runs(sd):
 
 @pytest.mark.parametrize('kw, msg', [
     (dict(steps=0), '>= 1'),
-    (dict(height=40, width=32), 'multiples of 16'),
+    (dict(height=36, width=32), 'multiples of 8'),
     (dict(height=32), 'both height and width'),
     (dict(sampler='euler'), "sampler must be 'ddim' or 'ddpm'"),
     (dict(sampler='ddpm', eta=1.0), "eta applies to the 'ddim' sampler"),
     (dict(init_image=Image.new('RGB', (32, 32)), strength=0.0), 'strength must be in (0, 1]'),
     (dict(init_image=Image.new('RGB', (32, 32)), strength=2.0), 'strength must be in (0, 1]'),
-    (dict(init_image=Image.new('RGB', (36, 32))), 'multiples of 16'),
+    (dict(init_image=Image.new('RGB', (36, 32))), 'multiples of 8'),
     (dict(latents=torch.randn(1, 4, 4, 4), init_image=Image.new('RGB', (32, 32))), 'not both'),
     (dict(latents=torch.randn(2, 4, 4, 4)), 'latents must have shape (1, 4'),
     (dict(negative_prompt=['a', 'b']), '2 negative prompts for 1 prompts'),

@@ -17,8 +17,13 @@ def test_forward_shapes(unet, t):
     z, ctx = torch.randn(2, 4, 8, 8), torch.randn(2, 5, 16)
     with torch.no_grad(): assert unet(z, t, ctx).shape == (2, 4, 8, 8)
 
+@pytest.mark.parametrize('hw', [(9, 8), (7, 5), (1, 3)])
+def test_odd_latent_sizes(unet, hw):
+    "Any latent size works: the upsamplers reach the skips' size when a side was odd on the way down."
+    with torch.no_grad(): assert unet(torch.randn(1, 4, *hw), 5, torch.randn(1, 5, 16)).shape == (1, 4, *hw)
+
 @pytest.mark.parametrize('z,t,ctx,msg', [
-    ((2, 4, 9, 8), (2,), (2, 5, 16), 'divisible by 2**(levels-1) = 2'),
+    ((2, 4, 0, 8), (2,), (2, 5, 16), 'H, W >= 1'),
     ((2, 4, 8, 8), (2,), (2, 5, 15), 'context must be (B, L, 16)'),
     ((2, 4, 8, 8), (3,), (2, 5, 16), 'one entry per sample (2)'),
     ((2, 3, 8, 8), (2,), (2, 5, 16), 'latents must be (B, 4, H, W)'),
