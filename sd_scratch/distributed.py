@@ -13,7 +13,7 @@ from torch.nn.parallel import DistributedDataParallel as DDP
 from tqdm.auto import tqdm
 from .core import *
 from .train import (TrainConfig, LatentCache, Trainer, train_step, unwrap, EMA, make_optimizer, lr_at,
-                    diffusion_loss, step_generator,
+                    diffusion_loss, step_generator, add_offset_noise,
                     set_gradient_checkpointing, load_safetensors)
 
 # %% auto #0
@@ -402,6 +402,7 @@ class StreamingTrainer(DistributedTrainer):
             t = torch.randint(cfg.num_train_timesteps, (len(z0),), generator=g)
             noise = torch.randn(z0.shape, generator=g)
             drop = torch.rand(len(z0), generator=g) < cfg.cfg_dropout
+            noise = add_offset_noise(noise, cfg.offset_noise, g)
             context = self.encode_text(['' if d else c for c, d in zip(caps, drop)]).to(device)   # (b, L, D)
             last = micro == cfg.grad_accum_steps - 1
             with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):

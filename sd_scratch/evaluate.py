@@ -25,7 +25,7 @@ def _as_uint8_batch(images) -> torch.Tensor:
         check_image_tensor(images)
         x = images[None] if images.ndim == 3 else images
         return ((x.detach().float().cpu().clamp(-1, 1) + 1) * 127.5).permute(0, 2, 3, 1)   # (B, 3, H, W) -> (B, H, W, 3)
-    return torch.stack([torch.from_numpy(np.asarray(im.convert('RGB'))).float() for im in images])
+    return torch.stack([torch.from_numpy(np.array(im.convert('RGB'))).float() for im in images])
 
 def shape_features(mask:torch.Tensor # (H, W) bool: the shape's pixels
                   ) -> tuple[float, float]:

@@ -16,7 +16,7 @@ from .schedulers import NoiseSchedule, DDIMSampler
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TOY_UNET', 'TOY_TRAIN', 'TrainConfig', 'min_snr_weight', 'diffusion_loss',
            'lr_at', 'unwrap', 'EMA', 'LatentCache', 'build_latent_cache', 'atomic_save_safetensors', 'load_safetensors',
-           'step_generator', 'draw_batch', 'make_optimizer', 'train_step', 'sample_latents',
+           'step_generator', 'add_offset_noise', 'draw_batch', 'make_optimizer', 'train_step', 'sample_latents',
            'set_gradient_checkpointing', 'Trainer', 'read_log', 'plot_loss_curve', 'toy_config', 'toy_encoders',
            'shapes_latent_cache', 'toy_unet', 'train_toy', 'save_toy_unet', 'load_toy_unet']
 
@@ -49,6 +49,7 @@ class TrainConfig:
     grad_clip:float = 1.0            # clip the gradient's global norm to this; 0 disables
     min_snr_gamma:float = 5.0        # Min-SNR-gamma loss weighting; 0 disables (plain MSE)
     cfg_dropout:float = 0.1          # probability that a caption is replaced by the empty prompt
+    offset_noise:float = 0.0         # std of a per-image, per-channel constant added to the noise (`add_offset_noise`); 0: off
     ema_decay:float = 0.999          # EMA decay (with warm-up: min(decay, (1+step)/(10+step)))
     mixed_precision:str = 'no'       # 'no' (float32) or 'bf16' (autocast to bfloat16 on CPU and CUDA)
     gradient_checkpointing:bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
@@ -285,6 +286,13 @@ def step_generator(seed:int, step:int, micro:int=0) -> torch.Generator:
     "A CPU generator whose stream depends only on (seed, optimizer step, micro-batch index)."
     return torch.Generator().manual_seed((seed * 1_000_003 + step) * 4099 + micro)
 
+def add_offset_noise(noise:torch.Tensor, # (B, C, H, W) Gaussian noise
+                     strength:float, # std of the offset; 0 returns `noise` unchanged (and draws nothing)
+                     generator:torch.Generator|None=None):
+    "Offset noise: add a per-image, per-channel constant of std `strength` to `noise`."
+    if not strength: return noise
+    return noise + strength * torch.randn((*noise.shape[:2], 1, 1), generator=generator)
+
 def draw_batch(cache:LatentCache, # the pre-encoded data
                cfg:TrainConfig, # micro_batch_size, cfg_dropout, num_train_timesteps, seed
                step:int, # optimizer step
@@ -299,6 +307,7 @@ def draw_batch(cache:LatentCache, # the pre-encoded data
     t = torch.randint(cfg.num_train_timesteps, (G,), generator=g)
     noise = torch.randn((G, *cache.latents.shape[1:]), generator=g)
     drop = torch.rand(G, generator=g) < cfg.cfg_dropout
+    noise = add_offset_noise(noise, cfg.offset_noise, g)           # drawn last: offset_noise=0 leaves every other draw as it was
     mine = slice(rank * G // world_size, (rank + 1) * G // world_size)
     idx, t, noise, drop = idx[mine], t[mine], noise[mine], drop[mine]
     context = cache.contexts[cache.caption_ids[idx]]               # (b,) -> (b, L, D)
@@ -569,11 +578,11 @@ def _subplots(**kw):
     return plt.subplots(figsize=kw.pop('figsize', (5, 3)), dpi=kw.pop('dpi', 60), **kw)
 
 # %% ../nbs/07_training.ipynb #304c2ed5
-TOY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=1,
+TOY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=2,
                 cross_attn_levels=(False, True, True), num_heads=4, cross_attention_dim=64, norm_groups=8)
-TOY_TRAIN = dict(data='shapes', n_images=4000, image_size=64, data_seed=0, unet=TOY_UNET, steps=2000, batch_size=32,
-                 lr=1e-3, warmup_steps=50, min_lr_ratio=0.1, min_snr_gamma=5.0, cfg_dropout=0.1, ema_decay=0.999,
-                 log_every=10, ckpt_every=250, sample_every=250, sample_guidance=4.0, device='cpu')
+TOY_TRAIN = dict(data='shapes', n_images=4000, image_size=64, data_seed=0, unet=TOY_UNET, steps=1800, batch_size=32,
+                 lr=2e-3, warmup_steps=50, min_lr_ratio=0.1, min_snr_gamma=5.0, cfg_dropout=0.1, offset_noise=0.1,
+                 ema_decay=0.0, log_every=10, ckpt_every=250, sample_every=300, sample_guidance=4.0, device='cpu')
 
 def toy_config(**overrides) -> TrainConfig:
     "The toy model's `TrainConfig`, with `overrides` (unknown keys are an error)."
@@ -644,12 +653,8 @@ def save_toy_unet(trainer:Trainer, path, extra:dict|None=None) -> Path:
 def load_toy_unet(path=None # .safetensors with a .json beside it; default: the shipped data/toy_unet.safetensors
                  ) -> tuple:
     "(UNet2DCondition in eval mode, its NoiseSchedule) from `save_toy_unet`'s two files."
-    from sd_scratch.unet import UNetConfig, UNet2DCondition
+    from sd_scratch.pipeline import _load_unet_files
     path = Path(path) if path is not None else asset_path('toy_unet.safetensors')
     cj = path.with_suffix('.json')
     if not path.exists() or not cj.exists(): raise FileNotFoundError(f"need both {path} and {cj}")
-    meta = json.loads(cj.read_text())
-    unet = UNet2DCondition(UNetConfig(**meta['config']))
-    tensors, _ = load_safetensors(path)
-    load_state_strict(unet, tensors, what=str(path))
-    return unet.eval(), NoiseSchedule(**meta['schedule'])
+    return _load_unet_files(path)
