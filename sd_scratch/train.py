@@ -86,6 +86,7 @@ class TrainConfig:
         need(0 <= self.min_lr_ratio <= 1, f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
         need(0 <= self.cfg_dropout < 1, f"cfg_dropout must be in [0, 1), got {self.cfg_dropout}")
         need(0 <= self.ema_decay < 1, f"ema_decay must be in [0, 1), got {self.ema_decay}")
+        need(self.offset_noise >= 0, f"offset_noise is a standard deviation and must be >= 0, got {self.offset_noise}")
         need(self.grad_clip >= 0 and self.min_snr_gamma >= 0 and self.weight_decay >= 0,
              "grad_clip, min_snr_gamma and weight_decay must be >= 0")
         need(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")

@@ -113,9 +113,8 @@ class Upsample(nn.Module):
         super().__init__()
         self.conv = nn.Conv2d(ch, ch, 3, padding=1)
     def forward(self, x, size=None):                                # (B, C, H, W) -> (B, C, 2H, 2W), or (B, C, *size)
-        if size is None or tuple(size) == (2 * x.shape[-2], 2 * x.shape[-1]): x = F.interpolate(x, scale_factor=2., mode='nearest')
-        else: x = F.interpolate(x, size=tuple(size), mode='nearest')
-        return self.conv(x)
+        if size is None: return self.conv(F.interpolate(x, scale_factor=2., mode='nearest'))
+        return self.conv(F.interpolate(x, size=tuple(size), mode='nearest'))
 
 # %% ../nbs/04_unet.ipynb #813ebd16
 def _maybe_checkpoint(module, use:bool, *args):
