@@ -43,7 +43,7 @@ setuptools.setup(
     url = cfg['git_url'],
     packages = packages,
     package_dir = {cfg['lib_name']+'.assets': 'data'},
-    package_data = {cfg['lib_name']+'.assets': ['*.json', '*.jsonl', '*.txt', '*.safetensors', '*.md', '*/*.json', '*/*.safetensors']},
+    package_data = {cfg['lib_name']+'.assets': ['*.json', '*.jsonl', '*.txt', '*.safetensors', '*.md']},
     include_package_data = True,
     install_requires = requirements,
     extras_require={ 'dev': dev_requirements },

@@ -4,8 +4,7 @@ CPU, batch 1, 32x32 latents (a 256 px image), 77x768 context, fp32.
 
 Time: both models live in one process; ours and diffusers' runs are interleaved (ours, theirs, ours, ...) and we
 report medians, so load from other processes on the machine hits both alike. Reported: forward (no_grad),
-forward+backward, forward+backward with gradient checkpointing (ours: `cfg.gradient_checkpointing`; diffusers:
-`enable_gradient_checkpointing()`).
+forward+backward, forward+backward with gradient checkpointing (both: `enable_gradient_checkpointing()`).
 
 Peak memory: `tracemalloc` does not see PyTorch's CPU allocations, so each measurement runs in a fresh subprocess
 that loads the weights (safetensors, memory-mapped, `assign=True`), resets the kernel's resident-set high-water mark
@@ -40,8 +39,7 @@ def sd_unets(weights_path=None, build=('ours', 'diffusers')):
     return models
 
 def set_checkpointing(name, model, on):
-    if name == 'ours': model.cfg.gradient_checkpointing = on
-    elif on: model.enable_gradient_checkpointing()
+    if on: model.enable_gradient_checkpointing()
     else: model.disable_gradient_checkpointing()
 
 def step(name, model, mode, z, t, ctx):

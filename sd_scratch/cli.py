@@ -87,19 +87,21 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
 def train_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The arguments of `sd_scratch train`."
     p = p or argparse.ArgumentParser(prog='sd_scratch train')
-    p.add_argument('--config', required=True, help="recipe name (toy, tiny, sd15_2x5090) or a JSON file of recipe fields")
+    p.add_argument('--config', required=True, help='a recipe (toy, tiny, sd15_2x5090) or a JSON file of recipe fields; '
+                   'a JSON file may start from a recipe: {"base": "toy", "train": {"steps": 20}}')
     p.add_argument('--out', required=True, help='run folder: log.jsonl, checkpoints, samples')
-    p.add_argument('--resume', action='store_true', help="continue from the run folder's checkpoint")
+    p.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint (without it, a folder that "
+                   "already holds a run is refused)")
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no tqdm bar')
     return p
 
 # %% ../nbs/09_cli.ipynb #c2dce00d
 def train_main(a:argparse.Namespace) -> dict:
-    "Run `sd_scratch train` through the distributed trainer (works with and without torchrun)."
-    from sd_scratch.distributed import train_main as _train
-    import os
+    "Run `sd_scratch train`: `sd_scratch.distributed.train_main`, as a plain process or as every process of torchrun."
+    import json
+    from sd_scratch.distributed import train_main as _train, dist_env
     res = _train(a.config, a.out, resume=a.resume, progress=a.progress)
-    if os.environ.get('RANK', '0') == '0': print(res, flush=True)   # under torchrun, rank 0 speaks for all
+    if dist_env().is_main: print(json.dumps(res), flush=True)   # under torchrun, rank 0 speaks for all
     return res
 
 # %% ../nbs/09_cli.ipynb #6f0911c9
@@ -111,9 +113,8 @@ def main(argv:list|None=None):
     train_parser(sub.add_parser('train', help='train a recipe (plain process or under torchrun)'))
     a = p.parse_args(argv)
     try:
-        if a.command == 'generate': generate_main(a)
-        else: train_main(a)
-    except (ValueError, FileNotFoundError) as e:
+        generate_main(a) if a.command == 'generate' else train_main(a)   # (the console script exits 0: nothing returned)
+    except (ValueError, OSError) as e:          # bad input, missing or existing files: one line, no traceback
         p.exit(2, f"sd_scratch {a.command}: error: {e}\n")
 
 # %% ../nbs/09_cli.ipynb #57352f1e

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import ftfy, regex
 import torch
 from torch import nn
-from .core import asset_path, load_state_strict
+from .core import asset_path, load_state_strict, SavesWeights, state_and_config
 
 # %% auto #0
 __all__ = ['PRETOKENIZE', 'bytes_to_unicode', 'clean_text', 'symbol_pairs', 'bpe_merge_steps', 'CLIPTokenizer', 'CLIPTextConfig',
@@ -233,8 +233,9 @@ class CLIPBlock(nn.Module):
         return x + self.mlp(self.norm2(x))
 
 # %% ../nbs/01_clip.ipynb #ae9cc4bc
-class CLIPTextEncoder(nn.Module):
+class CLIPTextEncoder(SavesWeights, nn.Module):
     "CLIP's text transformer: token ids (B, T) -> hidden states (B, T, hidden_size) after the final LayerNorm."
+    config_class = CLIPTextConfig                                      # `save_file` / `from_file`: weights + config (lesson 00)
     def __init__(self, cfg:CLIPTextConfig=None): # sizes; default: SD 1.x (123,060,480 parameters)
         super().__init__()
         self.cfg = cfg = cfg or CLIPTextConfig()
@@ -299,13 +300,9 @@ def clip_from_transformers(model_or_state_dict, # a transformers CLIPTextModel, 
                            config:CLIPTextConfig|None=None # our config; required with a state dict, read from a model
                           ) -> CLIPTextEncoder:
     "Our `CLIPTextEncoder` holding the weights of a `transformers` CLIP text model; missing/unexpected keys are an error."
-    if isinstance(model_or_state_dict, nn.Module):
-        if config is None: config = CLIPTextConfig.from_transformers(model_or_state_dict.config)
-        state = model_or_state_dict.state_dict()
-    elif isinstance(model_or_state_dict, dict):
-        if config is None: raise ValueError("with a state dict, pass our CLIPTextConfig as `config` (sizes cannot be guessed safely)")
-        state = model_or_state_dict
-    else: raise TypeError(f"expected a transformers CLIPTextModel or a state dict, got {type(model_or_state_dict).__name__}")
+    if not isinstance(model_or_state_dict, (nn.Module, dict)):
+        raise TypeError(f"expected a transformers CLIPTextModel or a state dict, got {type(model_or_state_dict).__name__}")
+    state, config = state_and_config(model_or_state_dict, config, CLIPTextConfig.from_transformers, 'CLIPTextConfig')
     enc = CLIPTextEncoder(config)
     load_state_strict(enc, {k: v.detach().clone() for k, v in clip_state_from_transformers(state).items()}, what='CLIP text state dict')
     return enc.eval()

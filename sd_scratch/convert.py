@@ -36,6 +36,8 @@ class SDConfig:
                                                        beta_schedule='scaled_linear')) # `NoiseSchedule` arguments
 
     def __post_init__(self):
+        if isinstance(self.unet, dict) and 'gradient_checkpointing' in self.unet:   # files saved while it was a config field;
+            self.unet = {k: v for k, v in self.unet.items() if k != 'gradient_checkpointing'}   # now a module switch (04)
         for name, cls in [('text', CLIPTextConfig), ('vae', VAEConfig), ('unet', UNetConfig)]:
             v = getattr(self, name)
             if isinstance(v, dict): setattr(self, name, cls(**v))

@@ -4,25 +4,21 @@
 
 # %% ../nbs/08_ddp.ipynb #fdfec680
 from __future__ import annotations
-import os, sys, json, math, time, argparse, contextlib, dataclasses
-from dataclasses import dataclass, field, asdict
+import os, json, math, dataclasses
+from dataclasses import dataclass
 from pathlib import Path
-import torch, torch.nn as nn, torch.nn.functional as F
+import torch, torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
-from tqdm.auto import tqdm
 from .core import *
-from .train import (TrainConfig, LatentCache, Trainer, train_step, unwrap, EMA, make_optimizer, lr_at,
-                    diffusion_loss, step_generator, add_offset_noise,
-                    set_gradient_checkpointing, load_safetensors)
+from .train import (TrainConfig, Trainer, RunConfig, Encoders, load_run_config, build_data, train_run,
+                              step_generator, draw_noise)
 
 # %% auto #0
-__all__ = ['SD15_UNET_PARAMS', 'CONFIGS', 'TOY_TEXT_ENCODER_ASSET', 'FWD_GFLOP_512', 'DistEnv', 'dist_env', 'init_distributed',
-           'get_rank', 'get_world_size', 'is_main', 'print0', 'barrier', 'cleanup_distributed', 'all_reduce_mean',
-           'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache', 'shard_for_rank', 'rank_seed', 'wrap_ddp',
-           'DistributedTrainer', 'RunConfig', 'load_run_config', 'build_model', 'toy_text_encoder', 'sd_text_encoder',
-           'latent_cache_from_shards', 'build_data', 'text_encoder_for', 'StreamingTrainer', 'train_toy_distributed',
-           'train_main', 'sd15_memory_estimate', 'training_tflops']
+__all__ = ['SD15_UNET_PARAMS', 'DistEnv', 'dist_env', 'init_distributed', 'get_rank', 'get_world_size', 'is_main', 'print0',
+           'barrier', 'cleanup_distributed', 'all_reduce_mean', 'shard_for_rank', 'rank_seed', 'wrap_ddp',
+           'DistributedTrainer', 'LatentStream', 'distributed_data', 'train_main', 'unet_flops', 'activation_units',
+           'sd15_memory_estimate', 'training_tflops']
 
 # %% ../nbs/08_ddp.ipynb #da46aa75
 @dataclass(frozen=True)
@@ -105,38 +101,6 @@ def all_reduce_mean(x:float|torch.Tensor) -> float:
     dist.all_reduce(t)
     return (t / get_world_size()).item()
 
-# %% ../nbs/08_ddp.ipynb #0392d602
-@dataclass
-class TinyConvConfig:
-    "A few-thousand-parameter noise predictor for CPU tests of the distributed machinery (not a UNet)."
-    latent_channels:int = 4   # C of the latents
-    hidden:int = 32           # conv width
-    context_dim:int = 16      # D of the text contexts
-
-class TinyNoisePredictor(nn.Module):
-    "conv -> (+ time and pooled-text embeddings) -> conv -> conv: the `model(z_t, t, context)` call of the UNet, in 0.01 s."
-    def __init__(self, cfg:TinyConvConfig=TinyConvConfig()):
-        super().__init__()
-        self.cfg = cfg
-        self.conv_in = nn.Conv2d(cfg.latent_channels, cfg.hidden, 3, padding=1)
-        self.time = nn.Linear(1, cfg.hidden)
-        self.text = nn.Linear(cfg.context_dim, cfg.hidden)
-        self.mid = nn.Conv2d(cfg.hidden, cfg.hidden, 3, padding=1)
-        self.conv_out = nn.Conv2d(cfg.hidden, cfg.latent_channels, 3, padding=1)
-
-    def forward(self, z, t, context):
-        t = torch.as_tensor(t, device=z.device).float().expand(len(z)).view(-1, 1) / 1000   # (B,) -> (B, 1)
-        h = self.conv_in(z) + (self.time(t) + self.text(context.mean(1)))[..., None, None]   # (B, hidden, h, w)
-        return self.conv_out(F.silu(self.mid(F.silu(h))))
-
-def random_latent_cache(n:int=64, latent_size:int=8, n_captions:int=8, context_len:int=6, context_dim:int=16,
-                        seed:int=0) -> LatentCache:
-    "A synthetic `LatentCache` (random latents and contexts) for tests of the machinery; deterministic by seed."
-    g = torch.Generator().manual_seed(seed)
-    return LatentCache(torch.randn(n, 4, latent_size, latent_size, generator=g), torch.arange(n) % n_captions,
-                       [f"caption {i}" for i in range(n_captions)], torch.randn(n_captions, context_len, context_dim, generator=g),
-                       torch.randn(context_len, context_dim, generator=g))
-
 # %% ../nbs/08_ddp.ipynb #d62bcaea
 def shard_for_rank(items:list, # anything indexable: shard file names, sample indices
                    rank:int|None=None, world_size:int|None=None # default: this process's
@@ -166,12 +130,12 @@ def wrap_ddp(model:nn.Module, # the model, already on this process's device
 
 # %% ../nbs/08_ddp.ipynb #2c90dad6
 class DistributedTrainer(Trainer):
-    "The 07 `Trainer` under torchrun: DDP gradients, `no_sync` accumulation, per-rank data slices, rank-0 logs/samples/checkpoints."
+    "The 07 `Trainer` under torchrun: a DDP-wrapped model, this rank's share of each batch, the loss averaged, rank-0 files."
     def __init__(self, model:nn.Module, # the noise predictor; every rank must build it from the same seed
-                 cache:LatentCache, # the data (every rank holds it; each step draws one global batch and takes its slice)
+                 data, # as `Trainer`: every rank asks it for its own share of each global batch
                  cfg:TrainConfig, # batch_size is the GLOBAL batch: all micro-batches of all processes
-                 out_dir=None, # run directory; only rank 0 writes to it
-                 decode=None, sample_contexts=None, # as `Trainer` (rank 0 samples)
+                 out_dir=None, # run folder; only rank 0 writes to it
+                 pipeline=None, # as `Trainer` (rank 0 draws the sample grids)
                  progress:bool=True, # tqdm bar on rank 0
                  env:DistEnv|None=None # default: `dist_env()`
                 ):
@@ -179,351 +143,160 @@ class DistributedTrainer(Trainer):
         if self.env.distributed and not dist.is_initialized(): raise RuntimeError("call init_distributed() first")
         if cfg.device == 'auto' and torch.cuda.is_available():   # each process drives its own GPU
             cfg = dataclasses.replace(cfg, device=f'cuda:{self.env.local_rank}')
-        self.run_dir = Path(out_dir) if out_dir is not None else None
-        mcfg = getattr(model, 'cfg', None)              # our UNet switches checkpointing through its config
-        if cfg.gradient_checkpointing and hasattr(mcfg, 'gradient_checkpointing') and not hasattr(model, 'gradient_checkpointing'):
-            mcfg.gradient_checkpointing = True
-            model.gradient_checkpointing = True         # what the 07 `set_gradient_checkpointing` looks for
-        super().__init__(model, cache, cfg, out_dir if self.env.is_main else None, decode, sample_contexts,
-                         progress and self.env.is_main)
-        self.model = wrap_ddp(self.model, self.env)   # after the optimizer: DDP shares the same Parameters
+        self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
+        super().__init__(model, data, cfg, out_dir, pipeline, progress)
+        self.model = wrap_ddp(self.model, self.env)   # after the optimizer and EMA: DDP shares the same Parameters
 
-    @property
-    def checkpoint_path(self): return None if self.run_dir is None else self.run_dir/'checkpoint.safetensors'
-
-    def train_one_step(self) -> dict:
-        "The 07 `train_step` on this rank's slice of the global batch, with DDP's `no_sync` for all but the last micro-batch."
-        return train_step(self.model, self.optimizer, self.ema, self.cache, self.schedule, self.cfg, self.step,
-                          self.env.rank, self.env.world_size, no_sync=getattr(self.model, 'no_sync', None))
+    def barrier(self):
+        "Wait until every rank gets here (around rank 0's writes, so no rank runs ahead or reads a half-written file)."
+        barrier()
 
     def reduce_metrics(self, rec:dict) -> dict:
-        "The loss logged is the mean over all ranks (the 07 `Trainer.fit` loop does the rest)."
+        "The loss logged is the mean over all ranks."
         rec['loss'] = all_reduce_mean(rec['loss'])
         return rec
 
-    def save_samples(self):
-        "Rank 0 samples with the EMA weights while the others wait."
-        barrier()
-        p = super().save_samples() if self.env.is_main else None
-        barrier()
-        return p
-
-    def save_checkpoint(self, path=None) -> Path|None:
-        "Rank 0 writes the (atomic) checkpoint; the barriers keep every rank at the same step around it."
-        path = Path(path) if path is not None else self.checkpoint_path
-        barrier()
-        if self.env.is_main: super().save_checkpoint(path)
-        barrier()
-        return path
-
-    def load_checkpoint(self, path) -> int:
-        "Every rank reads the same checkpoint (written by any number of processes), so all start identical."
-        return super().load_checkpoint(path)
-
-# %% ../nbs/08_ddp.ipynb #ed15b1fb
-@dataclass
-class RunConfig:
-    "A named training recipe: the model, the data, the frozen encoders and the `TrainConfig` (global batch)."
-    name:str = 'custom'
-    model:str = 'tiny_conv'        # 'tiny_conv' (`TinyNoisePredictor`) or 'unet' (`sd_scratch.unet.UNet2DCondition`)
-    model_config:dict = field(default_factory=dict)   # fields of TinyConvConfig / UNetConfig
-    data:str = 'random'            # 'random' (synthetic), a `LatentCache` file, or a directory of latent shards (*.tar)
-    sd_checkpoint:str|None = None  # local SD 1.x .safetensors: the frozen CLIP text encoder (and VAE for samples) come from it
-    nproc:int = 1                  # processes the recipe is written for (the per-process batch follows from it)
-    stream:bool = False            # with latent shards: stream them (`StreamingTrainer`) instead of loading them all
-    loader_workers:int = 2         # DataLoader workers per process when streaming
-    train:dict = field(default_factory=dict)          # `TrainConfig` fields
-
-    def __post_init__(self):
-        if self.model not in ('tiny_conv', 'unet'): raise ValueError(f"model must be 'tiny_conv' or 'unet', got {self.model!r}")
-        if not isinstance(self.nproc, int) or self.nproc < 1: raise ValueError(f"nproc must be a positive int, got {self.nproc!r}")
-        self.train_config()                                   # validates the training fields now, not after model building
-
-    def train_config(self) -> TrainConfig: return TrainConfig.from_dict(self.train)
-
-    def per_process_batch(self, world_size:int|None=None) -> int:
-        "Images per micro-batch on each process."
-        tc, w = self.train_config(), world_size or self.nproc
-        return tc.micro_batch_size // w
-
-    @classmethod
-    def from_dict(cls, d:dict) -> RunConfig:
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(k for k in d if k not in names)
-        if unknown: raise ValueError(f"unknown RunConfig keys: {unknown}; valid keys are: {', '.join(names)}")
-        return cls(**d)
-
-# %% ../nbs/08_ddp.ipynb #e123c902
-SD15_UNET_PARAMS = 859_520_964   # the SD 1.x UNet at the default UNetConfig
-
-CONFIGS = {
-    'tiny': dict(name='tiny', model='tiny_conv', model_config=dict(hidden=32, context_dim=16), data='random', nproc=2,
-                 train=dict(steps=6, batch_size=8, grad_accum_steps=2, lr=2e-3, warmup_steps=2, cfg_dropout=0.2,
-                            ema_decay=0.99, device='cpu', min_snr_gamma=5.0, log_every=1)),
-    'sd15_2x5090': dict(name='sd15_2x5090', model='unet', model_config={}, data='latent_shards', nproc=2,
-                        sd_checkpoint='v1-5-pruned-emaonly.safetensors', stream=True, loader_workers=4,
-                        train=dict(steps=13_750,            # one pass over 1.32M images at 96 per step
-                                   batch_size=96,           # global: 2 GPUs x 24 x 2 accumulation steps
-                                   grad_accum_steps=2,      # micro-batch 48 = 24 per GPU
-                                   lr=1e-4, warmup_steps=1000, min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0,
-                                   min_snr_gamma=5.0, cfg_dropout=0.1, ema_decay=0.9999,
-                                   mixed_precision='bf16', gradient_checkpointing=True, device='auto',
-                                   log_every=10, ckpt_every=500, sample_every=0, image_size=512)),
-}
-
-def load_run_config(config:str|dict|RunConfig # a name in CONFIGS, a JSON file path, or a dict of RunConfig fields
-                   ) -> RunConfig:
-    "Resolve a config name, JSON file or dict to a `RunConfig`; a JSON file may name a `base` config to override."
-    if isinstance(config, RunConfig): return config
-    if isinstance(config, (str, Path)) and str(config) in CONFIGS: return RunConfig.from_dict(json.loads(json.dumps(CONFIGS[str(config)])))
-    if isinstance(config, (str, Path)):
-        p = Path(config)
-        if not p.suffix == '.json':
-            raise ValueError(f"unknown config {str(config)!r}: known configs are {sorted(CONFIGS)} (and 'toy' in `train_main`), "
-                             "or give the path of a JSON file")
-        if not p.exists(): raise FileNotFoundError(f"config file {p} does not exist")
-        config = json.loads(p.read_text())
-    if not isinstance(config, dict): raise TypeError(f"config must be a name, a JSON path or a dict, got {type(config).__name__}")
-    d = dict(config)
-    base = d.pop('base', None)
-    if base is not None:
-        if base not in CONFIGS: raise ValueError(f"unknown base config {base!r}; known: {sorted(CONFIGS)}")
-        merged = json.loads(json.dumps(CONFIGS[base]))
-        merged.update({k: v for k, v in d.items() if k != 'train'})
-        merged['train'] = {**merged['train'], **d.get('train', {})}
-        d = merged
-    return RunConfig.from_dict(d)
-
-# %% ../nbs/08_ddp.ipynb #117190e2
-def build_model(run:RunConfig) -> nn.Module:
-    "The model a recipe trains, built from `torch.manual_seed(seed)` so every rank starts from the same weights."
-    torch.manual_seed(run.train_config().seed)
-    if run.model == 'tiny_conv': return TinyNoisePredictor(TinyConvConfig(**run.model_config))
-    try: from sd_scratch.unet import UNetConfig, UNet2DCondition
-    except ImportError as e: raise ImportError("model='unet' needs sd_scratch.unet (nbs/04_unet.ipynb)") from e
-    return UNet2DCondition(UNetConfig(**run.model_config))
-
-def toy_text_encoder(context_len:int=6, context_dim:int=16):
-    "A stand-in text encoder for tiny runs: a fixed pseudo-random (L, D) context per caption, from a hash of its bytes."
-    import zlib
-    def encode(captions):
-        return torch.stack([torch.randn(context_len, context_dim, generator=torch.Generator().manual_seed(zlib.crc32(c.encode())))
-                            for c in captions])
-    return encode
-
-def sd_text_encoder(sd_checkpoint, device='cpu'):
-    "The frozen CLIP text tower of a local SD 1.x file as `encode(captions) -> (B, 77, 768)`."
-    try: from sd_scratch.convert import load_single_file
-    except ImportError as e: raise ImportError("loading SD 1.x files needs sd_scratch.convert (the converters notebook)") from e
-    from sd_scratch.clip import CLIPTokenizer
-    p = Path(sd_checkpoint)
-    if not p.exists(): raise FileNotFoundError(f"SD 1.x checkpoint {p} not found: point `sd_checkpoint` at a local file")
-    sd = load_single_file(p)
-    enc, tok = sd.text_encoder.to(device).eval().requires_grad_(False), CLIPTokenizer()
-    @torch.no_grad()
-    def encode(captions): return enc(tok(list(captions)).to(device)).float()
-    return encode
-
-def latent_cache_from_shards(shards, # a folder of latent shards (`sd_scratch.data.encode_latent_shards`) or a list of paths
-                             encode_text, # callable: list of captions -> (B, L, D) contexts
-                             batch_size:int=64 # captions per `encode_text` call
-                            ) -> LatentCache:
-    "Read every latent shard (all ranks read all of them: `draw_batch` slices each global batch) into a `LatentCache`."
-    from sd_scratch.data import LatentShardDataset
-    lat, caps = [], []
-    for z, c in LatentShardDataset(shards, rank=0, world_size=1): lat.append(z); caps.append(c)
-    if not lat: raise ValueError(f"no samples in the latent shards {shards}")
-    uniq = sorted(set(caps))
-    index = {c: i for i, c in enumerate(uniq)}
-    ctx = torch.cat([encode_text(uniq[i:i + batch_size]).float().cpu() for i in range(0, len(uniq), batch_size)])
-    return LatentCache(torch.stack(lat), torch.tensor([index[c] for c in caps]), uniq, ctx, encode_text(['']).float().cpu()[0])
-
-def build_data(run:RunConfig, device='cpu') -> LatentCache:
-    "The training data of a recipe as a `LatentCache` (every rank holds it; `draw_batch` takes each rank's slice)."
-    if run.data == 'random':
-        d = run.model_config.get('context_dim', 16)
-        return random_latent_cache(context_dim=d, seed=run.train_config().data_seed)
-    p = Path(run.data)
-    if not p.exists(): raise FileNotFoundError(f"data {str(p)!r} does not exist: use 'random', a LatentCache file or a directory of latent shards")
-    if p.is_file(): return LatentCache.load(p)
-    return latent_cache_from_shards(sorted(p.glob('*.tar')), text_encoder_for(run, device))
-
-def text_encoder_for(run:RunConfig, device=None):
-    "The frozen text encoder of a recipe: `toy_text_encoder` for the tiny model, SD 1.x CLIP from `sd_checkpoint` otherwise."
-    if run.model == 'tiny_conv': return toy_text_encoder(context_dim=run.model_config.get('context_dim', 16))
-    return sd_text_encoder(run.sd_checkpoint, device or default_device())
-
 # %% ../nbs/08_ddp.ipynb #7cb38a96
-class StreamingTrainer(DistributedTrainer):
-    "`DistributedTrainer` fed by latent shards: each rank streams its own shards and encodes captions on the fly."
-    def __init__(self, model:nn.Module, # the noise predictor
-                 shards, # a folder of latent shards or a list of paths (split over ranks)
+class LatentStream:
+    "Latent shards read from disk as a trainer's data: each rank streams its own shards and encodes the captions as it goes."
+    def __init__(self, shards, # a folder of latent shards (`sd_scratch.data.encode_latent_shards`) or a list of paths
                  encode_text, # callable: list of captions -> (B, L, D) contexts (the frozen text encoder)
-                 cfg:TrainConfig, out_dir=None, decode=None, progress:bool=True, env:DistEnv|None=None,
+                 cfg:TrainConfig, # micro_batch_size (global), seed
+                 env:DistEnv|None=None, # default: `dist_env()`
                  shuffle_buffer:int=1000, # samples shuffled within a buffer of this size
                  workers:int=2 # DataLoader workers per process
                 ):
         from sd_scratch.data import LatentShardDataset
-        env = env or dist_env()
-        self.encode_text, self.shards, self.shuffle_buffer, self.workers = encode_text, shards, shuffle_buffer, workers
-        self.per_rank = cfg.micro_batch_size // env.world_size
-        if self.per_rank * env.world_size != cfg.micro_batch_size:
-            raise ValueError(f"micro-batch {cfg.micro_batch_size} does not divide among {env.world_size} processes")
-        LatentShardDataset(shards, env.rank, env.world_size)            # fails early if the shards cannot be split
-        self._batches = None
-        z, _ = next(iter(LatentShardDataset(shards, env.rank, env.world_size)))
-        head = LatentCache(z[None], torch.zeros(1, dtype=torch.long), [''], *(lambda e: (e, e[0]))(encode_text(['']).float().cpu()))
-        sample_contexts = encode_text(list(cfg.sample_prompts)).float().cpu() if decode is not None and cfg.sample_every else None
-        super().__init__(model, head, cfg, out_dir, decode, sample_contexts, progress, env)   # `head`: shapes and the empty prompt
+        self.env = env or dist_env()
+        self.shards, self.encode_text, self.shuffle_buffer, self.workers, self.seed = shards, encode_text, shuffle_buffer, workers, cfg.seed
+        self.per_rank = cfg.micro_batch_size // self.env.world_size
+        if self.per_rank * self.env.world_size != cfg.micro_batch_size:
+            raise ValueError(f"micro-batch {cfg.micro_batch_size} does not divide among {self.env.world_size} processes")
+        z, _ = next(iter(LatentShardDataset(shards, self.env.rank, self.env.world_size)))   # fails early if the shards cannot be split
+        self.latent_shape = tuple(z.shape)                              # (C, h, w)
+        self.empty_context = encode_text(['']).float().cpu()[0]         # (L, D)
+        self._it, self._pos = None, 0
 
-    def batches(self):
-        "Endless micro-batches (latents, captions) of this rank; each pass over the shards reshuffles with a new seed."
+    def contexts_for(self, prompts) -> torch.Tensor: return self.encode_text(list(prompts)).float().cpu()
+
+    def micro_batches(self):
+        "Endless micro-batches (latents, captions) of this rank, in an order fixed by the seed: pass `e` over the shards shuffles with seed + e."
         from sd_scratch.data import LatentShardDataset
         epoch = 0
         while True:
-            ds = LatentShardDataset(self.shards, self.env.rank, self.env.world_size, self.shuffle_buffer, seed=self.cfg.seed + 1009 * (self.step + epoch))
-            dl = torch.utils.data.DataLoader(ds, batch_size=self.per_rank, num_workers=self.workers, drop_last=True)
+            ds = LatentShardDataset(self.shards, self.env.rank, self.env.world_size, self.shuffle_buffer, seed=self.seed + 1009 * epoch)
             n = 0
-            for z, caps in dl: n += 1; yield z, list(caps)
+            dl = torch.utils.data.DataLoader(ds, batch_size=self.per_rank, num_workers=self.workers, drop_last=True,
+                                             generator=torch.Generator().manual_seed(self.seed + 1009 * epoch))   # not the global RNG
+            for z, caps in dl:
+                n += 1; yield z, list(caps)
             if n == 0: raise ValueError(f"rank {self.env.rank}'s shards hold fewer than {self.per_rank} samples (one micro-batch)")
             epoch += 1
 
-    def train_one_step(self) -> dict:
-        "One optimizer step over `grad_accum_steps` streamed micro-batches (the streaming twin of `train_step`)."
-        cfg, model, device = self.cfg, self.model, self.device
-        if self._batches is None: self._batches = self.batches()
-        lr = lr_at(self.step, cfg)
-        for group in self.optimizer.param_groups: group['lr'] = lr
-        dtype = torch.bfloat16 if cfg.mixed_precision == 'bf16' else None
-        no_sync, total = getattr(model, 'no_sync', None), 0.
-        for micro in range(cfg.grad_accum_steps):
-            z0, caps = next(self._batches)
-            g = step_generator(rank_seed(cfg.seed, self.env.rank), self.step, micro)   # per-rank timesteps, noise, dropout
-            t = torch.randint(cfg.num_train_timesteps, (len(z0),), generator=g)
-            noise = torch.randn(z0.shape, generator=g)
-            drop = torch.rand(len(z0), generator=g) < cfg.cfg_dropout
-            noise = add_offset_noise(noise, cfg.offset_noise, g)
-            context = self.encode_text(['' if d else c for c, d in zip(caps, drop)]).to(device)   # (b, L, D)
-            last = micro == cfg.grad_accum_steps - 1
-            with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
-                loss = diffusion_loss(model, self.schedule, z0.to(device), t.to(device), noise.to(device), context,
-                                      cfg.min_snr_gamma, dtype)
-                (loss / cfg.grad_accum_steps).backward()
-            total += loss.item()
-        loss = total / cfg.grad_accum_steps
-        if not math.isfinite(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            raise FloatingPointError(f"loss is {loss} at step {self.step}: stopped before the weights were updated")
-        params = [p for p in model.parameters() if p.grad is not None]
-        grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float('inf')).item()
-        self.optimizer.step(); self.optimizer.zero_grad(set_to_none=True)
-        self.ema.update(model, self.step)
-        return dict(step=self.step, loss=loss, lr=lr, grad_norm=grad_norm)
+    def batch(self, cfg:TrainConfig, step:int, micro:int=0, rank:int=0, world_size:int=1) -> dict:
+        "This rank's micro-batch `micro` of optimizer step `step`: the k-th micro-batch of its stream, with per-rank noise."
+        k = step * cfg.grad_accum_steps + micro                         # how many micro-batches this rank consumed before
+        if self._it is None or k < self._pos: self._it, self._pos = self.micro_batches(), 0
+        while self._pos < k: next(self._it); self._pos += 1             # after a resume: skip what the run already used
+        z0, caps = next(self._it); self._pos += 1
+        g = step_generator(rank_seed(cfg.seed, rank), step, micro)      # per-rank timesteps, noise and dropout
+        t, noise, drop = draw_noise(cfg, len(z0), z0.shape[1:], g)
+        context = self.encode_text(['' if d else c for c, d in zip(caps, drop)]).float().cpu()   # (b, L, D)
+        return dict(z0=z0, t=t, noise=noise, context=context, dropped=drop)
 
-# %% ../nbs/08_ddp.ipynb #9f56cb52
-TOY_TEXT_ENCODER_ASSET = 'mini_clip'   # folder in data/ holding the trained mini-CLIP text tower (`sd_scratch.mini_clip.save_text_encoder`)
-
-def train_toy_distributed(out_dir, # log.jsonl, latents.safetensors, checkpoint.safetensors, toy_unet.safetensors go here
-                          vae:nn.Module, # the frozen toy VAE (`sd_scratch.vae.load_toy_vae()`)
-                          text_encoder:nn.Module, # the frozen mini-CLIP text tower
-                          cfg:TrainConfig|None=None, # default `sd_scratch.train.toy_config()`
-                          progress:bool=True, resume:bool=True, env:DistEnv|None=None
-                         ) -> DistributedTrainer:
-    "`sd_scratch.train.train_toy` as a plain process or under torchrun: same data, model, samples and saved EMA UNet."
-    from sd_scratch.train import toy_config, toy_encoders, shapes_latent_cache, toy_unet, save_toy_unet
-    env, cfg, out_dir = env or dist_env(), cfg or toy_config(), Path(out_dir)
-    enc_i, enc_t, dec = toy_encoders(vae, text_encoder)
-    cache_path = out_dir/'latents.safetensors'
-    if cfg.data != 'shapes': cache = LatentCache.load(cfg.data)
-    else:
-        if env.is_main and not cache_path.exists():
-            out_dir.mkdir(parents=True, exist_ok=True); shapes_latent_cache(cfg, enc_i, enc_t).save(cache_path)
-        barrier()                                          # the cache is on disk before the other ranks read it
-        cache = LatentCache.load(cache_path)
-    tr = DistributedTrainer(toy_unet(cfg), cache, cfg, out_dir, decode=dec, progress=progress, env=env)
-    if resume and tr.checkpoint_path.exists(): tr.load_checkpoint(tr.checkpoint_path)
-    tr.fit()
-    if env.is_main: save_toy_unet(tr, out_dir/'toy_unet.safetensors')
-    barrier()
-    return tr
-
-def _toy_main(out_dir, resume, progress, env) -> dict:
-    from sd_scratch.vae import load_toy_vae
-    from sd_scratch.mini_clip import load_text_encoder
-    try: te_dir = asset_path(TOY_TEXT_ENCODER_ASSET)
-    except FileNotFoundError as e:
-        raise FileNotFoundError(f"the 'toy' recipe needs the trained mini-CLIP text tower in data/{TOY_TEXT_ENCODER_ASSET}/ "
-                                "(nbs/01b_mini_clip.ipynb saves it); or call train_toy_distributed(out_dir, vae, text_encoder)") from e
-    tr = train_toy_distributed(out_dir, load_toy_vae(), load_text_encoder(te_dir), progress=progress, resume=resume, env=env)
-    return dict(step=tr.step, loss=tr.history[-1]['loss'] if tr.history else None, world_size=env.world_size,
-                checkpoint=str(Path(out_dir)/'checkpoint.safetensors'))
+def distributed_data(run:RunConfig, enc:Encoders, cache_dir=None):
+    "The data of a recipe for `train_run` on N processes: streamed latent shards when `run.stream`, else the 07 `build_data`."
+    if not run.stream: return build_data(run, enc, cache_dir)
+    if not Path(run.data).is_dir(): raise ValueError(f"stream=True needs a folder of latent shards as data, got {run.data!r}")
+    return LatentStream(run.data, enc.encode_text, run.train_config(), workers=run.loader_workers)
 
 # %% ../nbs/08_ddp.ipynb #33877692
-def train_main(config:str|dict, # 'toy', 'tiny', 'sd15_2x5090', a JSON file path, or a dict of RunConfig fields
-               out_dir, # run directory: log.jsonl, checkpoint.safetensors, run_config.json
-               resume:bool=False, # continue from out_dir/checkpoint.safetensors when it exists
+def train_main(config:str|dict, # a recipe name ('toy', 'tiny', 'sd15_2x5090'), a JSON file path, or a dict of RunConfig fields
+               out_dir, # run folder: log.jsonl, checkpoint.safetensors, run_config.json, the exported weights
+               resume:bool=False, # continue from out_dir/checkpoint.safetensors
                progress:bool=True # tqdm bar on rank 0
               ) -> dict:
-    "Train a recipe as a plain process or as every process of `torchrun`; returns {'step', 'loss', 'world_size', 'checkpoint'}."
-    run = None if config == 'toy' else load_run_config(config)     # 'toy': the 07 toy recipe (`train_toy_distributed`)
+    "Train a recipe as a plain process or as every process of `torchrun`: the 07 `train_run` with the distributed trainer."
+    run = load_run_config(config)
     created = dist_env().distributed and not dist.is_initialized()   # leave a group we did not create to its creator
     env = init_distributed()
     try:
-        if run is None: return _toy_main(out_dir, resume, progress, env)
-        cfg = run.train_config()
-        model = build_model(run)
-        if run.stream:
-            if not Path(run.data).is_dir(): raise ValueError(f"stream=True needs a directory of latent shards as data, got {run.data!r}")
-            tr = StreamingTrainer(model, run.data, text_encoder_for(run), cfg, out_dir, progress=progress, env=env,
-                                  workers=run.loader_workers)
-        else: tr = DistributedTrainer(model, build_data(run), cfg, out_dir, progress=progress, env=env)
-        ckpt = Path(out_dir)/'checkpoint.safetensors'
-        if resume and ckpt.exists():
-            tr.load_checkpoint(ckpt); print0(f"resumed from {ckpt} at step {tr.step}")
-        elif env.is_main: Path(out_dir, 'run_config.json').write_text(json.dumps(asdict(run), indent=1))
-        print0(f"training {run.name!r}: {sum(p.numel() for p in model.parameters()):,} params, world size {env.world_size}, "
-               f"{cfg.micro_batch_size // env.world_size} per process x {cfg.grad_accum_steps} accumulation = {cfg.batch_size} per step")
-        recs = tr.fit()
-        return dict(step=tr.step, loss=recs[-1]['loss'] if recs else None, world_size=env.world_size, checkpoint=str(ckpt))
+        tr = train_run(run, out_dir, resume, progress, trainer_class=DistributedTrainer, make_data=distributed_data, env=env)
+        return dict(step=tr.step, loss=tr.history[-1]['loss'] if tr.history else None, world_size=env.world_size,
+                    checkpoint=str(tr.checkpoint_path))
     finally:
         if created: cleanup_distributed()
 
-def _cli(argv=None):
-    ap = argparse.ArgumentParser(prog='python -m sd_scratch.distributed', description='Train a recipe (plain or under torchrun).')
-    ap.add_argument('--config', required=True, help=f"one of {sorted(CONFIGS)} or a JSON file")
-    ap.add_argument('--out', required=True, help='run directory')
-    ap.add_argument('--resume', action='store_true', help='continue from OUT/checkpoint.safetensors')
-    a = ap.parse_args(argv)
-    res = train_main(a.config, a.out, a.resume, progress=False)
-    if dist_env().is_main: print(json.dumps(res), flush=True)   # the process group is gone: ask the environment
-
-# %% ../nbs/08_ddp.ipynb #e0df4065
-#| eval: false
-if __name__ == '__main__' and '__file__' in globals(): _cli()
-
 # %% ../nbs/08_ddp.ipynb #d00b50cd
+SD15_UNET_PARAMS = 859_520_964   # the SD 1.x UNet at the default UNetConfig
+
+def _meta_unet(cfg=None):
+    from sd_scratch.unet import UNetConfig, UNet2DCondition
+    cfg = cfg or UNetConfig()
+    with torch.device('meta'): return UNet2DCondition(cfg), cfg   # shapes only: instant, no memory, no arithmetic
+
+def unet_flops(cfg=None, # a UNetConfig; default SD 1.x
+               latent_hw:int=64, # latent side (512 px / 8)
+               text_len:int=77, # context tokens
+               backward:bool=False # count forward + backward instead of the forward alone
+              ) -> float:
+    "FLOPs of the UNet on one sample, counted by `torch.utils.flop_counter` on the meta device (no memory, no arithmetic)."
+    from torch.utils.flop_counter import FlopCounterMode
+    unet, cfg = _meta_unet(cfg)
+    z = torch.empty(1, cfg.in_channels, latent_hw, latent_hw, device='meta')
+    ctx = torch.empty(1, text_len, cfg.cross_attention_dim, device='meta')
+    with FlopCounterMode(display=False) as fc:
+        out = unet(z, torch.tensor([500], device='meta'), ctx)
+        if backward: out.sum().backward()
+    return float(fc.get_total_flops())
+
+def activation_units(cfg=None, # a UNetConfig; default SD 1.x
+                     latent_hw:int=64, text_len:int=77) -> dict:
+    "What one sample's forward pass leaves for the backward pass, recorded on the meta device, in units of one (ch0, hw, hw) tensor."
+    from sd_scratch.unet import ResBlock
+    from sd_scratch.attention import SpatialTransformer
+    unet, cfg = _meta_unet(cfg)
+    kept, block_total, leaf_out, starts = [], [], [], []
+    def before(m, args):                                               # a checkpointed block keeps only its inputs
+        kept.append(sum(a.numel() for a in args if torch.is_tensor(a) and a.dim() == 4)); starts.append(len(leaf_out))
+    def after(m, args, out): block_total.append(sum(leaf_out[starts.pop():]))   # what recomputing it brings back
+    hooks = [m.register_forward_hook(lambda m, i, o: leaf_out.append(o.numel() if torch.is_tensor(o) else 0))
+             for m in unet.modules() if not list(m.children())]
+    for m in unet.modules():
+        if isinstance(m, (ResBlock, SpatialTransformer)): hooks += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
+    try: unet(torch.empty(1, cfg.in_channels, latent_hw, latent_hw, device='meta'), torch.tensor([500], device='meta'),
+              torch.empty(1, text_len, cfg.cross_attention_dim, device='meta'))
+    finally:
+        for h in hooks: h.remove()
+    unit = cfg.block_out_channels[0] * latent_hw * latent_hw
+    return dict(kept=sum(kept) / unit, block=max(block_total) / unit, all=sum(leaf_out) / unit, blocks=len(kept))
+
 def sd15_memory_estimate(params:int=SD15_UNET_PARAMS, # trainable UNet parameters
-                         batch_per_gpu:int=24, # images per micro-batch on one GPU
+                         batch_per_gpu:int=24, # images per micro-batch on one device
                          latent_hw:int=64, # latent side (512 px / 8)
-                         text_encoder_params:int=123_060_480, # frozen CLIP ViT-L/14 text tower, kept in bf16
-                         kept_units:float=24.2, # kept per sample with checkpointing, in units of a 320 x hw x hw tensor (measured below)
-                         recompute_units:float=54., # the largest block's intermediates x 2 (with their gradients), same units
-                         bytes_per_act:float=3., # between bf16 (2) and fp32 (4): autocast keeps norms in fp32
-                         overhead_gb:float=1.5 # CUDA context, cuBLAS/cuDNN workspaces, allocator fragmentation
+                         checkpointing:bool=True, # gradient checkpointing on
+                         text_encoder_params:int=123_060_480, # frozen networks kept on the device (CLIP ViT-L/14 text tower)
+                         text_encoder_bytes:int=2, # their bytes per parameter (bf16 on the GPU)
+                         bytes_per_act:float=3., # activation bytes: between bf16 (2) and fp32 (4) under autocast; 4 in fp32
+                         autocast_bf16:bool=True, # bf16 autocast: it keeps a bf16 copy of every weight it casts (2 bytes each)
+                         overhead_gb:float=1.5, # CUDA context, workspaces, fragmentation (on the CPU: the process's own baseline)
+                         units:dict|None=None # `activation_units(latent_hw=...)`; measured on the meta device when None
                         ) -> list:
-    "Rows (what, GB) of an analytic per-GPU memory estimate for training the SD 1.x UNet with DDP, AdamW, EMA, bf16 and checkpointing."
-    GB, unit = 1e9, 320 * latent_hw * latent_hw * batch_per_gpu
+    "Rows (what, GB) of the per-device memory of training the SD 1.x UNet with AdamW and EMA (DDP: every device holds all of it)."
+    u = units or activation_units(latent_hw=latent_hw)
+    GB, unit = 1e9, 320 * latent_hw * latent_hw * batch_per_gpu * bytes_per_act
+    act = ([(f'activations kept with checkpointing (batch {batch_per_gpu})', u['kept'] * unit / GB),
+            ('recompute peak of the largest block (x2 with its gradients)', 2 * u['block'] * unit / GB)] if checkpointing else
+           [(f'activations, all kept (batch {batch_per_gpu}, no checkpointing)', u['all'] * unit / GB)])
     rows = [('weights (fp32)', 4 * params / GB), ('gradients (fp32, bucket view)', 4 * params / GB),
             ('AdamW moments (fp32, 2x)', 8 * params / GB), ('EMA weights (fp32)', 4 * params / GB),
-            ('frozen CLIP text encoder (bf16)', 2 * text_encoder_params / GB),
-            (f'activations kept with checkpointing (batch {batch_per_gpu})', kept_units * unit * bytes_per_act / GB),
-            ('recompute peak of the largest block', recompute_units * unit * bytes_per_act / GB),
-            ('CUDA context, workspaces, fragmentation', overhead_gb)]
+            ('frozen text encoder', text_encoder_bytes * text_encoder_params / GB),
+            *([('bf16 weight copies cached by autocast', 2 * params / GB)] if autocast_bf16 else []), *act,
+            ('context, workspaces, fragmentation', overhead_gb)]
     return rows + [('total', sum(v for _, v in rows))]
 
-# %% ../nbs/08_ddp.ipynb #ef6d994e
-FWD_GFLOP_512 = 677.   # UNet forward, one 512 px sample (64x64 latents, 77 tokens)
-
-def training_tflops(images_per_s:float, fwd_gflop:float=FWD_GFLOP_512) -> float:
-    "Model TFLOP/s of training at `images_per_s` (forward + backward = 3 x forward; recompute not counted)."
-    return images_per_s * 3 * fwd_gflop / 1e3
+def training_tflops(images_per_s:float, # training throughput
+                    fwd_flops:float|None=None # FLOPs of one forward per image; default: counted for SD 1.x at 512 px
+                   ) -> float:
+    "Model TFLOP/s of training at `images_per_s` (forward + backward = 3 x forward; the recompute of checkpointing not counted)."
+    return images_per_s * 3 * (fwd_flops or unet_flops()) / 1e12

@@ -8,14 +8,13 @@ import json, math, time
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
-from safetensors.torch import save_file, load_file
-from .core import seed_everything, load_state_strict
+from .core import seed_everything, SavesWeights
 from .clip import CLIPTokenizer, CLIPTextConfig, CLIPTextEncoder
 from .data import ShapesDataset, COLOURS, SHAPES, all_captions
 
 # %% auto #0
 __all__ = ['MiniCLIPConfig', 'ImageTower', 'MiniCLIP', 'contrastive_loss', 'train_mini_clip', 'caption_probabilities',
-           'zero_shot', 'save_text_encoder', 'load_text_encoder', 'save_mini_clip', 'load_mini_clip']
+           'zero_shot']
 
 # %% ../nbs/01b_mini_clip.ipynb #ff118276
 def _tiny_text_config(): return CLIPTextConfig(hidden_size=64, n_layers=2, n_heads=4, intermediate_size=256)
@@ -53,8 +52,9 @@ class ImageTower(nn.Module):
         return self.projection(h.mean((2, 3)))  # global average pool: (B, C, h, w) -> (B, C) -> (B, embed_dim)
 
 # %% ../nbs/01b_mini_clip.ipynb #3fdf0b22
-class MiniCLIP(nn.Module):
+class MiniCLIP(SavesWeights, nn.Module):
     "A text tower (`CLIPTextEncoder` + projection) and an image tower (`ImageTower`) with a learned temperature."
+    config_class = MiniCLIPConfig                                      # `save_file` / `from_file`: weights + config (lesson 00)
     def __init__(self, cfg:MiniCLIPConfig|None=None):
         super().__init__()
         self.cfg = cfg = cfg or MiniCLIPConfig()
@@ -160,42 +160,3 @@ def zero_shot(model:MiniCLIP, # a trained `MiniCLIP`
     probs, captions = caption_probabilities(model, images, tokenizer=tokenizer)
     members = torch.stack([torch.tensor([c in all_captions(**{key: n}) for c in captions]) for n in names[key]]).float()   # (K, N)
     return (probs @ members.T).argmax(-1)                                           # (B, N) @ (N, K) -> (B, K) -> (B,)
-
-# %% ../nbs/01b_mini_clip.ipynb #0380992f
-def save_text_encoder(text_encoder:CLIPTextEncoder, # the text tower to save
-                      directory # folder to write text_encoder.safetensors and text_encoder.json into
-                     ) -> Path:
-    "Write a `CLIPTextEncoder`'s weights (safetensors) and config (JSON) into `directory`."
-    d = Path(directory); d.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in text_encoder.state_dict().items()}, d/'text_encoder.safetensors')
-    (d/'text_encoder.json').write_text(json.dumps(asdict(text_encoder.cfg), indent=1))
-    return d
-
-def load_text_encoder(directory # folder written by `save_text_encoder` or `save_mini_clip`
-                     ) -> CLIPTextEncoder:
-    "The `CLIPTextEncoder` saved in `directory`, in eval mode."
-    d = Path(directory)
-    for f in ('text_encoder.json', 'text_encoder.safetensors'):
-        if not (d/f).exists(): raise FileNotFoundError(f"{d/f} not found; save with save_text_encoder or save_mini_clip")
-    enc = CLIPTextEncoder(CLIPTextConfig(**json.loads((d/'text_encoder.json').read_text())))
-    return load_state_strict(enc, load_file(d/'text_encoder.safetensors'), what=str(d/'text_encoder.safetensors')).eval()
-
-def save_mini_clip(model:MiniCLIP, # a (trained) `MiniCLIP`
-                   directory # folder to write into
-                  ) -> Path:
-    "Write the text tower (`save_text_encoder`), the rest of the weights and the `MiniCLIPConfig` into `directory`."
-    d = save_text_encoder(model.text_encoder, directory)
-    rest = {k: v.contiguous() for k, v in model.state_dict().items() if not k.startswith('text_encoder.')}
-    save_file(rest, d/'mini_clip.safetensors')
-    (d/'mini_clip.json').write_text(json.dumps(asdict(model.cfg), indent=1))
-    return d
-
-def load_mini_clip(directory # folder written by `save_mini_clip`
-                  ) -> MiniCLIP:
-    "The `MiniCLIP` saved in `directory`, in eval mode."
-    d = Path(directory)
-    for f in ('mini_clip.json', 'mini_clip.safetensors'):
-        if not (d/f).exists(): raise FileNotFoundError(f"{d/f} not found; save with save_mini_clip")
-    model = MiniCLIP(MiniCLIPConfig(**json.loads((d/'mini_clip.json').read_text())))
-    state = {**load_file(d/'mini_clip.safetensors'), **{f'text_encoder.{k}': v for k, v in load_text_encoder(d).state_dict().items()}}
-    return load_state_strict(model, state, what=str(d)).eval()

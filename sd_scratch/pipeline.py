@@ -5,13 +5,14 @@
 # %% ../nbs/06_cfg.ipynb #07da372f
 from __future__ import annotations
 import math
+from pathlib import Path
 import numpy as np, torch
 from PIL import Image
-from .core import image_to_tensor, check_image_tensor
+from .core import image_to_tensor, check_image_tensor, asset_path, read_weights
 from .schedulers import NoiseSchedule, DDPMSampler, DDIMSampler, img2img_timesteps
 
 # %% auto #0
-__all__ = ['StableDiffusion']
+__all__ = ['StableDiffusion', 'load_unet']
 
 # %% ../nbs/06_cfg.ipynb #651a1df5
 def _as_list(prompt, what:str) -> list[str]:
@@ -39,6 +40,19 @@ class StableDiffusion:
                  default_size:int=512): # image side used when `generate` is given no height/width (512 for SD 1.x)
         self.tokenizer, self.text_encoder, self.vae, self.unet = tokenizer, text_encoder, vae, unet
         self.schedule, self.default_size = schedule or NoiseSchedule(), default_size
+
+    @classmethod
+    def from_pretrained(cls, name:str='toy', # 'toy': the model shipped in the package (SD 1.x files: `sd_scratch.convert`)
+                        unet=None # the path of a UNet weights file (e.g. a trainer's `unet.safetensors`) to use instead
+                       ) -> StableDiffusion:
+        "The shipped toy Stable Diffusion (64 px coloured shapes), built from files in the package: nothing is downloaded."
+        from sd_scratch.clip import CLIPTokenizer, CLIPTextEncoder
+        from sd_scratch.vae import AutoencoderKL
+        if name != 'toy': raise ValueError(f"unknown pretrained model {name!r}: only 'toy' ships with sd_scratch; load SD 1.x "
+                                           "weights with sd_scratch.convert.load_single_file(path) or load_diffusers_folder(path)")
+        unet, schedule = load_unet(asset_path('toy_unet.safetensors') if unet is None else unet)
+        return cls(CLIPTokenizer(), CLIPTextEncoder.from_file(asset_path('toy_text_encoder.safetensors')),
+                   AutoencoderKL.from_file(asset_path('toy_vae.safetensors')), unet, schedule, default_size=64)
 
     @property
     def device(self): return next(self.unet.parameters()).device
@@ -168,29 +182,11 @@ class StableDiffusion:
         return _to_output(self.vae.decode((z / self.scaling_factor).to(self.vae_dtype)), output_type)
 
 # %% ../nbs/06_cfg.ipynb #acf72d19
-def _load_unet_files(path) -> tuple:
-    "A `UNet2DCondition` and its `NoiseSchedule` from `path` (safetensors) and the JSON beside it (`config`, `schedule`)."
-    import json
-    from pathlib import Path
-    from safetensors.torch import load_file
-    from sd_scratch.core import load_state_strict
-    from sd_scratch.unet import UNetConfig, UNet2DCondition
-    meta = json.loads(Path(path).with_suffix('.json').read_text())
-    unet = UNet2DCondition(UNetConfig(**meta['config']))
-    load_state_strict(unet, load_file(str(path)), what=str(path))
-    return unet.eval(), NoiseSchedule(**meta['schedule'])
-
-# %% ../nbs/06_cfg.ipynb #f4582368
-def _from_pretrained(cls, name:str='toy'): # 'toy': the model shipped in the package (the only name; SD 1.x files go through `sd_scratch.convert`)
-    "The shipped toy Stable Diffusion (64 px coloured shapes), built from files in the package: nothing is downloaded."
-    from sd_scratch.core import asset_path
-    from sd_scratch.clip import CLIPTokenizer
-    from sd_scratch.vae import load_toy_vae
-    from sd_scratch.mini_clip import load_text_encoder
-    if name != 'toy': raise ValueError(f"unknown pretrained model {name!r}: only 'toy' ships with sd_scratch; load SD 1.x "
-                                       "weights with sd_scratch.convert.load_single_file(path) or load_diffusers_folder(path)")
-    unet, schedule = _load_unet_files(asset_path('toy_unet.safetensors'))
-    text_encoder = load_text_encoder(asset_path('mini_clip'))
-    return cls(CLIPTokenizer(), text_encoder, load_toy_vae(), unet, schedule, default_size=64)
-
-StableDiffusion.from_pretrained = classmethod(_from_pretrained)
+def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports
+             ) -> tuple:
+    "(`UNet2DCondition` in eval mode, the `NoiseSchedule` it was trained with) from one weights file."
+    from sd_scratch.unet import UNet2DCondition
+    w = read_weights(path, 'UNet2DCondition')
+    if 'schedule' not in w.extra:
+        raise ValueError(f"{path} does not say which noise schedule its UNet was trained with (no 'schedule' in its extra facts)")
+    return UNet2DCondition.from_weights(w), NoiseSchedule(**w.extra['schedule'])

@@ -4,33 +4,26 @@
 
 # %% ../nbs/07_training.ipynb #8f5213a1
 from __future__ import annotations
-import json, math, os, time, tempfile, contextlib, dataclasses
+import json, math, os, time, copy, zlib, contextlib, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
-from safetensors.torch import save_file, safe_open
 from tqdm.auto import tqdm
 from .core import *
-from .schedulers import NoiseSchedule, DDIMSampler
+from .schedulers import NoiseSchedule
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TOY_UNET', 'TOY_TRAIN', 'TrainConfig', 'min_snr_weight', 'diffusion_loss',
-           'lr_at', 'unwrap', 'EMA', 'LatentCache', 'build_latent_cache', 'atomic_save_safetensors', 'load_safetensors',
-           'step_generator', 'add_offset_noise', 'draw_batch', 'make_optimizer', 'train_step', 'sample_latents',
-           'set_gradient_checkpointing', 'Trainer', 'read_log', 'plot_loss_curve', 'toy_config', 'toy_encoders',
-           'shapes_latent_cache', 'toy_unet', 'train_toy', 'save_toy_unet', 'load_toy_unet']
+__all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'TrainConfig', 'min_snr_weight',
+           'diffusion_loss', 'lr_at', 'unwrap', 'EMA', 'LatentCache', 'build_latent_cache', 'step_generator',
+           'add_offset_noise', 'draw_noise', 'draw_batch', 'make_optimizer', 'train_step', 'Trainer', 'read_log',
+           'plot_loss_curve', 'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache', 'RunConfig',
+           'load_run_config', 'build_model', 'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders',
+           'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'RunFolder', 'train_run']
 
 # %% ../nbs/07_training.ipynb #bd6c1655
 @dataclass
 class TrainConfig:
-    "Everything a training run needs. Saved inside every checkpoint; `from_dict`/`from_json` refuse unknown keys."
-    # data
-    data:str = 'shapes'              # 'shapes' (the generated shapes data set) or the path of a latent cache (`LatentCache.save`)
-    n_images:int = 4000              # images drawn from the shapes data set
-    image_size:int = 64              # their side in pixels
-    data_seed:int = 0                # seed of the shapes data set
-    # model
-    unet:dict = field(default_factory=dict)  # `UNetConfig` fields of the model to train (documentation; the model is passed in)
+    "How to train: the optimisation, the loss and the bookkeeping (the model and the data are the recipe's, `RunConfig`). Saved inside every checkpoint; `from_dict`/`from_json` refuse unknown keys."
     # forward process
     num_train_timesteps:int = 1000   # T
     beta_schedule:str = 'scaled_linear'  # as `NoiseSchedule`
@@ -52,7 +45,7 @@ class TrainConfig:
     offset_noise:float = 0.0         # std of a per-image, per-channel constant added to the noise (`add_offset_noise`); 0: off
     ema_decay:float = 0.999          # EMA decay (with warm-up: min(decay, (1+step)/(10+step)))
     mixed_precision:str = 'no'       # 'no' (float32) or 'bf16' (autocast to bfloat16 on CPU and CUDA)
-    gradient_checkpointing:bool = False  # recompute activations in the backward pass: less memory, ~30% more compute
+    gradient_checkpointing:bool = False  # recompute activations in backward: less memory, more time (04 and 08 measure both)
     seed:int = 0                     # seed of the model init and of every step's batch, timesteps, noise and dropout
     device:str = 'auto'              # 'auto', 'cpu', 'cuda', ...
     # bookkeeping
@@ -65,20 +58,35 @@ class TrainConfig:
     sample_guidance:float = 4.0      # classifier-free guidance scale of the sample grids
 
     def __post_init__(self):
-        self.adam_betas, self.sample_prompts = tuple(self.adam_betas), tuple(self.sample_prompts)
-        self.unet = dict(self.unet)
+        for k in ('adam_betas', 'sample_prompts'):
+            v = getattr(self, k)
+            if isinstance(v, str) or not isinstance(v, (list, tuple)): raise ValueError(f"TrainConfig: {k} must be a list, got {v!r}")
+            setattr(self, k, tuple(v))
         self.validate()
 
     def validate(self):
-        "Raise a `ValueError` (or `FileNotFoundError`) naming the first problem found."
+        "Raise a `ValueError` naming the first problem found."
         def need(ok, msg):
             if not ok: raise ValueError(f"TrainConfig: {msg}")
-        for k in ('n_images', 'image_size', 'num_train_timesteps', 'steps', 'batch_size', 'grad_accum_steps', 'sample_steps'):
+        for k in ('num_train_timesteps', 'steps', 'batch_size', 'grad_accum_steps', 'sample_steps'):
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive int, got {v!r}")
-        for k in ('warmup_steps', 'log_every', 'ckpt_every', 'sample_every', 'seed', 'data_seed'):
+        for k in ('warmup_steps', 'log_every', 'ckpt_every', 'sample_every', 'seed'):
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{k} must be an int >= 0, got {v!r}")
+        def number(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+        for k in ('lr', 'min_lr_ratio', 'weight_decay', 'adam_eps', 'grad_clip', 'min_snr_gamma', 'cfg_dropout', 'offset_noise',
+                  'ema_decay', 'beta_start', 'beta_end', 'sample_guidance'):
+            v = getattr(self, k)
+            need(number(v), f"{k} must be a finite number, got {v!r}" + (" (a string: write the number without quotes)" if isinstance(v, str) else ''))
+        need(all(number(b) for b in self.adam_betas), f"adam_betas must be two numbers, got {self.adam_betas!r}")
+        need(all(isinstance(p, str) for p in self.sample_prompts), f"sample_prompts must be strings, got {self.sample_prompts!r}")
+        for k in ('beta_schedule', 'mixed_precision', 'device'):
+            need(isinstance(getattr(self, k), str), f"{k} must be a string, got {getattr(self, k)!r}")
+        if self.device != 'auto':
+            try: torch.device(self.device)
+            except (RuntimeError, ValueError): need(False, f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
+        need(isinstance(self.gradient_checkpointing, bool), f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         need(self.batch_size % self.grad_accum_steps == 0,
              f"batch_size={self.batch_size} is not divisible by grad_accum_steps={self.grad_accum_steps}; "
              f"each micro-batch must have the same size (e.g. batch_size={self.batch_size // self.grad_accum_steps * self.grad_accum_steps or self.grad_accum_steps})")
@@ -92,8 +100,6 @@ class TrainConfig:
         need(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         need(self.mixed_precision in ('no', 'bf16'), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
         NoiseSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule)   # raises on a bad schedule
-        if self.data != 'shapes' and not Path(self.data).exists():
-            raise FileNotFoundError(f"TrainConfig: data path {self.data!r} does not exist (use 'shapes' or a latent cache file)")
 
     @property
     def micro_batch_size(self) -> int: return self.batch_size // self.grad_accum_steps
@@ -196,7 +202,7 @@ class EMA:
 # %% ../nbs/07_training.ipynb #fed1a26d
 @dataclass
 class LatentCache:
-    "Pre-encoded training data: scaled latents, each image's caption index, and one text context per distinct caption."
+    "Pre-encoded training data: scaled latents, each image's caption index, and one text context per distinct caption; a trainer draws batches from it with `batch`."
     latents:torch.Tensor        # (N, C, h, w) VAE latents, already multiplied by the scaling factor
     caption_ids:torch.Tensor    # (N,) long: index into `captions` / `contexts`
     captions:list               # the U distinct captions
@@ -216,6 +222,13 @@ class LatentCache:
     def __len__(self): return len(self.latents)
     def __repr__(self):
         return f"LatentCache({len(self)} latents {tuple(self.latents.shape[1:])}, {len(self.captions)} captions, context {tuple(self.contexts.shape[1:])})"
+
+    @property
+    def latent_shape(self) -> tuple: return tuple(self.latents.shape[1:])   # (C, h, w)
+
+    def batch(self, cfg:TrainConfig, step:int, micro:int=0, rank:int=0, world_size:int=1) -> dict:
+        "This process's share of micro-batch `micro` of optimizer step `step` (`draw_batch`): what a trainer asks its data for."
+        return draw_batch(self, cfg, step, micro, rank, world_size)
 
     def context_for(self, caption:str) -> torch.Tensor:
         "The cached context (L, D) of a caption seen in training ('' gives the empty prompt's)."
@@ -253,35 +266,6 @@ def build_latent_cache(images:torch.Tensor, # (N, 3, H, W) in [-1, 1]
     empty = encode_text(['']).float().cpu()[0]
     return LatentCache(lat, ids, uniq, ctx, empty)
 
-# %% ../nbs/07_training.ipynb #c5ccb6ab
-def atomic_save_safetensors(tensors:dict, # name -> contiguous tensor
-                            path, # the target file
-                            metadata:dict|None=None # str -> str, stored in the header
-                           ):
-    "Write `tensors` to `path` so that a crash at any moment leaves either the old file or the new one, never a torn one."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')   # same directory: same file system
-    os.close(fd)
-    try:
-        save_file(tensors, tmp, metadata=metadata)
-        with open(tmp, 'rb') as f: os.fsync(f.fileno())          # the bytes are on disk before the rename
-        os.replace(tmp, path)                                    # atomic
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-    try:                                                         # make the rename itself durable (POSIX)
-        dfd = os.open(path.parent, os.O_RDONLY)
-        try: os.fsync(dfd)
-        finally: os.close(dfd)
-    except OSError: pass
-
-def load_safetensors(path, device='cpu') -> tuple[dict, dict]:
-    "All tensors and the metadata of a safetensors file."
-    path = Path(path)
-    if not path.exists(): raise FileNotFoundError(f"no such file: {path}")
-    with safe_open(str(path), framework='pt', device=str(device)) as f:
-        return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
-
 # %% ../nbs/07_training.ipynb #7269f2dc
 def step_generator(seed:int, step:int, micro:int=0) -> torch.Generator:
     "A CPU generator whose stream depends only on (seed, optimizer step, micro-batch index)."
@@ -294,6 +278,17 @@ def add_offset_noise(noise:torch.Tensor, # (B, C, H, W) Gaussian noise
     if not strength: return noise
     return noise + strength * torch.randn((*noise.shape[:2], 1, 1), generator=generator)
 
+def draw_noise(cfg:TrainConfig, # num_train_timesteps, cfg_dropout, offset_noise
+               n:int, # samples
+               latent_shape:tuple, # (C, h, w)
+               generator:torch.Generator # e.g. `step_generator(seed, step, micro)`
+              ) -> tuple:
+    "The random part of `n` training samples: timesteps (n,), noise (n, C, h, w) and which captions CFG dropout drops (n,)."
+    t = torch.randint(cfg.num_train_timesteps, (n,), generator=generator)
+    noise = torch.randn((n, *latent_shape), generator=generator)
+    drop = torch.rand(n, generator=generator) < cfg.cfg_dropout
+    return t, add_offset_noise(noise, cfg.offset_noise, generator), drop   # offset drawn last: 0 leaves the other draws as they were
+
 def draw_batch(cache:LatentCache, # the pre-encoded data
                cfg:TrainConfig, # micro_batch_size, cfg_dropout, num_train_timesteps, seed
                step:int, # optimizer step
@@ -305,10 +300,7 @@ def draw_batch(cache:LatentCache, # the pre-encoded data
     if G % world_size: raise ValueError(f"micro-batch size {G} does not divide among {world_size} processes")
     g = step_generator(cfg.seed, step, micro)
     idx = torch.randint(len(cache), (G,), generator=g)             # sampling with replacement
-    t = torch.randint(cfg.num_train_timesteps, (G,), generator=g)
-    noise = torch.randn((G, *cache.latents.shape[1:]), generator=g)
-    drop = torch.rand(G, generator=g) < cfg.cfg_dropout
-    noise = add_offset_noise(noise, cfg.offset_noise, g)           # drawn last: offset_noise=0 leaves every other draw as it was
+    t, noise, drop = draw_noise(cfg, G, cache.latent_shape, g)
     mine = slice(rank * G // world_size, (rank + 1) * G // world_size)
     idx, t, noise, drop = idx[mine], t[mine], noise[mine], drop[mine]
     context = cache.contexts[cache.caption_ids[idx]]               # (b,) -> (b, L, D)
@@ -326,7 +318,7 @@ def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.AdamW:
 def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in train mode
                optimizer:torch.optim.Optimizer, # its optimizer
                ema:EMA|None, # updated after the step (None: no EMA)
-               cache:LatentCache, # the data
+               data, # where batches come from: `data.batch(cfg, step, micro, rank, world_size)` (a `LatentCache`, a stream of shards)
                schedule:NoiseSchedule, # the forward process
                cfg:TrainConfig, # the run's configuration
                step:int, # the optimizer step to take, 0-based
@@ -338,16 +330,16 @@ def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in t
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups: group['lr'] = lr
     dtype = torch.bfloat16 if cfg.mixed_precision == 'bf16' else None
-    total = torch.zeros((), device=device)
+    total = torch.zeros((), device=device)                         # summed on the device: no GPU sync per micro-batch
     for micro in range(cfg.grad_accum_steps):
-        b = draw_batch(cache, cfg, step, micro, rank, world_size)
+        b = data.batch(cfg, step, micro, rank, world_size)
         last = micro == cfg.grad_accum_steps - 1
         with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
             loss = diffusion_loss(model, schedule, b['z0'].to(device), b['t'].to(device), b['noise'].to(device),
                                   b['context'].to(device), cfg.min_snr_gamma, dtype)
             (loss / cfg.grad_accum_steps).backward()
         total += loss.detach()
-    loss = (total / cfg.grad_accum_steps).item()
+    loss = (total / cfg.grad_accum_steps).item()                   # one sync per optimizer step
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
         raise FloatingPointError(f"loss is {loss} at step {step}: training stopped before the weights were updated "
@@ -359,88 +351,64 @@ def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in t
     if ema is not None: ema.update(model, step)
     return dict(step=step, loss=loss, lr=lr, grad_norm=grad_norm)
 
-# %% ../nbs/07_training.ipynb #d900c732
-@torch.no_grad()
-def sample_latents(model:nn.Module, # the noise predictor (e.g. with EMA weights)
-                   schedule:NoiseSchedule, # its forward process
-                   contexts:torch.Tensor, # (B, L, D) prompt contexts
-                   empty_context:torch.Tensor, # (L, D) the empty prompt's context
-                   latent_shape:tuple, # (C, h, w)
-                   steps:int=25, # DDIM steps
-                   guidance_scale:float=4.0, # classifier-free guidance scale (1: none)
-                   seed:int=0 # seed of the starting noise
-                  ) -> torch.Tensor:
-    "Scaled latents (B, C, h, w) sampled with DDIM (eta=0) and classifier-free guidance."
-    device = next(model.parameters()).device
-    B = len(contexts)
-    sampler = DDIMSampler(schedule, steps)
-    z = torch.randn((B, *latent_shape), generator=torch.Generator().manual_seed(seed)).to(device)
-    ctx = torch.cat([empty_context.expand(B, *empty_context.shape), contexts]).to(device)   # (2B, L, D)
-    for t in sampler.timesteps:
-        eps_uncond, eps_cond = model(torch.cat([z, z]), t.expand(2 * B).to(device), ctx).float().chunk(2)   # (2B, ...) -> 2 x (B, ...)
-        z = sampler.step(eps_uncond + guidance_scale * (eps_cond - eps_uncond), t, z)
-    return z
-
 # %% ../nbs/07_training.ipynb #649673a1
 CHECKPOINT_FORMAT = 'sd_scratch.train.v1'
 
-RUNTIME_FIELDS = ('gradient_checkpointing', 'fused_attention')   # model config fields that do not change the weights
+RUNTIME_FIELDS = ('fused_attention',)   # model config fields that do not change the weights
+
+def _log_step(line:str) -> float:
+    "The step of a log line; infinity for a line that is not a whole JSON record (e.g. cut off by a kill)."
+    try: return json.loads(line)['step']
+    except (json.JSONDecodeError, KeyError, TypeError): return float('inf')
 
 def _model_config(model) -> dict:
     "The model's config as a JSON-ready dict (without fields that only change how it runs), for checkpoint checks."
-    cfg = getattr(unwrap(model), 'cfg', None) or getattr(unwrap(model), 'config', None)
-    if dataclasses.is_dataclass(cfg):
-        d = json.loads(json.dumps(asdict(cfg)))          # tuples -> lists, as after a JSON round trip
-        return {k: v for k, v in d.items() if k not in RUNTIME_FIELDS}
+    cfg = getattr(unwrap(model), 'cfg', None)
+    if dataclasses.is_dataclass(cfg): return {k: v for k, v in config_dict(cfg).items() if k not in RUNTIME_FIELDS}
     return {'class': type(unwrap(model)).__name__}
 
-def set_gradient_checkpointing(model:nn.Module, on:bool=True):
-    "Switch gradient checkpointing on or off (our UNet: `cfg.gradient_checkpointing`; diffusers-style methods too)."
-    m = unwrap(model)
-    cfg = getattr(m, 'cfg', None)
-    if cfg is not None and hasattr(cfg, 'gradient_checkpointing'): cfg.gradient_checkpointing = on; return model
-    if hasattr(m, 'enable_gradient_checkpointing'):
-        m.enable_gradient_checkpointing() if on else m.disable_gradient_checkpointing(); return model
-    if on: raise ValueError(f"{type(m).__name__} has no gradient checkpointing switch")
-    return model
-
 class Trainer:
-    "Trains a noise predictor on a `LatentCache`: logs, sample grids, atomic checkpoints, exact resume."
+    "Trains a noise predictor on a data source: logs, sample grids, atomic checkpoints, exact resume, an inference export."
+    rank, world_size, is_main = 0, 1, True   # one process; `DistributedTrainer` (lesson 08) sets these per process
+
     def __init__(self, model:nn.Module, # the noise predictor `model(z_t, t, context)`
-                 cache:LatentCache, # the pre-encoded data
+                 data, # the batches: a `LatentCache`, or any object with `batch(cfg, step, micro, rank, world_size)`, `latent_shape`
                  cfg:TrainConfig, # the run's configuration
                  out_dir=None, # where log.jsonl, samples/ and checkpoint.safetensors go (None: nothing written)
-                 decode=None, # callable: scaled latents -> images in [-1, 1], for sample grids (None: no grids)
-                 sample_contexts:torch.Tensor|None=None, # (P, L, D) contexts of cfg.sample_prompts (default: looked up in the cache)
+                 pipeline=None, # a `StableDiffusion` (tokenizer, text encoder, VAE) to draw sample grids with; None: no grids
                  progress:bool=True # show a tqdm progress bar
                 ):
-        self.cfg, self.cache, self.decode, self.progress = cfg, cache, decode, progress
+        self.cfg, self.data, self.pipeline, self.progress = cfg, data, pipeline, progress
         self.device = default_device(None if cfg.device == 'auto' else cfg.device)
         self.model = model.to(self.device).train()
-        if cfg.gradient_checkpointing: set_gradient_checkpointing(self.model, True)
+        if cfg.gradient_checkpointing:
+            if not hasattr(unwrap(model), 'enable_gradient_checkpointing'):
+                raise ValueError(f"gradient_checkpointing=True, but {type(unwrap(model)).__name__} has no enable_gradient_checkpointing()")
+            unwrap(model).enable_gradient_checkpointing()
         self.schedule = NoiseSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule)
         self.ema = EMA(self.model, cfg.ema_decay)
         self.optimizer = make_optimizer(self.model, cfg)
         self.step, self.history = 0, []
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        if self.out_dir is not None: self.out_dir.mkdir(parents=True, exist_ok=True)
-        self.sample_contexts = sample_contexts
-        if sample_contexts is None and decode is not None and cfg.sample_every:
-            self.sample_contexts = torch.stack([cache.context_for(p) for p in cfg.sample_prompts])
+        if self.out_dir is not None and self.is_main: self.out_dir.mkdir(parents=True, exist_ok=True)
 
     @property
     def log_path(self): return None if self.out_dir is None else self.out_dir/'log.jsonl'
     @property
     def checkpoint_path(self): return None if self.out_dir is None else self.out_dir/'checkpoint.safetensors'
 
+    def barrier(self):
+        "Wait for the other processes (there are none here; `DistributedTrainer` waits for real)."
+
     def _log(self, rec:dict):
         self.history.append(rec)
-        if self.log_path is not None and rec['step'] % self.cfg.log_every == 0:
+        if self.is_main and self.log_path is not None and rec['step'] % self.cfg.log_every == 0:
             with open(self.log_path, 'a') as f: f.write(json.dumps(rec) + '\n')
 
     def train_one_step(self) -> dict:
-        "One optimizer step (a subclass may shard the batch, e.g. across DDP ranks)."
-        return train_step(self.model, self.optimizer, self.ema, self.cache, self.schedule, self.cfg, self.step)
+        "One optimizer step: `train_step` on this process's share of the batch."
+        return train_step(self.model, self.optimizer, self.ema, self.data, self.schedule, self.cfg, self.step,
+                          self.rank, self.world_size, no_sync=getattr(self.model, 'no_sync', None))
 
     def reduce_metrics(self, rec:dict) -> dict:
         "Combine a step's metrics across processes before logging; one process: as they are."
@@ -450,8 +418,8 @@ class Trainer:
            ) -> list:
         "Train from the current step up to `until`; returns the metrics of the steps taken."
         until = self.cfg.steps if until is None else until
-        start, taken = self.step, []
-        bar = tqdm(total=until, initial=start, desc='train', disable=not self.progress, leave=False)
+        start, taken, saved = self.step, [], None
+        bar = tqdm(total=until, initial=start, desc='train', disable=not (self.progress and self.is_main), leave=False)
         try:
             while self.step < until:
                 t0 = time.perf_counter()
@@ -461,32 +429,37 @@ class Trainer:
                 self._log(rec); taken.append(rec)
                 bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
                 if self.cfg.sample_every and self.step % self.cfg.sample_every == 0: self.save_samples()
-                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.checkpoint_path is not None: self.save_checkpoint()
+                if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.checkpoint_path is not None:
+                    self.save_checkpoint(); saved = self.step
         finally: bar.close()
-        if self.checkpoint_path is not None and self.step > start: self.save_checkpoint()
+        if self.checkpoint_path is not None and self.step > start and saved != self.step: self.save_checkpoint()
         return taken
 
     def ema_model(self) -> nn.Module:
         "A copy of the model holding the EMA weights, in eval mode."
-        import copy
         return self.ema.copy_to(copy.deepcopy(unwrap(self.model))).eval()
 
-    def sample(self, contexts:torch.Tensor|None=None, seed:int=0, use_ema:bool=True) -> torch.Tensor:
-        "Images (P, 3, H, W) in [-1, 1] for `contexts` (default: the sample prompts' contexts)."
-        if self.decode is None: raise ValueError("this Trainer was given no `decode` function, so it cannot make images")
-        contexts = self.sample_contexts if contexts is None else contexts
-        model = self.ema_model() if use_ema else unwrap(self.model).eval()
+    @torch.no_grad()
+    def sample(self, prompts:list|None=None, # default: cfg.sample_prompts
+               seed:int=0, use_ema:bool=True) -> torch.Tensor:
+        "Images (P, 3, H, W) in [-1, 1]: the 06 pipeline's `generate` with the model being trained (EMA weights by default)."
+        if self.pipeline is None: raise ValueError("this Trainer was given no `pipeline` (tokenizer, text encoder, VAE), so it cannot make images")
+        sd = copy.copy(self.pipeline)                                 # the frozen parts, with the model being trained as its UNet
+        sd.unet, sd.schedule = (self.ema_model() if use_ema else unwrap(self.model).eval()), self.schedule
+        _, h, w = self.data.latent_shape; f = sd.vae.cfg.downsample_factor
         try:
-            z = sample_latents(model, self.schedule, contexts, self.cache.empty_context, tuple(self.cache.latents.shape[1:]),
-                               self.cfg.sample_steps, self.cfg.sample_guidance, seed)
+            x = sd.generate(list(prompts or self.cfg.sample_prompts), steps=self.cfg.sample_steps,
+                            guidance_scale=self.cfg.sample_guidance, seed=seed, height=h * f, width=w * f, output_type='pt')
         finally: unwrap(self.model).train()
-        return self.decode(z).float().clamp(-1, 1).cpu()
+        return x.float().cpu() * 2 - 1                                # [0, 1] -> [-1, 1]
 
     def save_samples(self):
-        "Save a grid of EMA samples of the sample prompts to `samples/step_XXXXXX.png`."
-        if self.out_dir is None or self.decode is None: return None
-        p = self.out_dir/'samples'/f"step_{self.step:06d}.png"; p.parent.mkdir(exist_ok=True)
-        save_grid(self.sample(), p, ncols=len(self.sample_contexts))
+        "Save a grid of EMA samples of the sample prompts to `samples/step_XXXXXX.png` (first process only)."
+        if self.out_dir is None or self.pipeline is None: return None
+        self.barrier()
+        p = self.out_dir/'samples'/f"step_{self.step:06d}.png"
+        if self.is_main: save_grid(self.sample(), p, ncols=len(self.cfg.sample_prompts))
+        self.barrier()
         return p
 
     # -- checkpoints --
@@ -508,15 +481,18 @@ class Trainer:
         return tensors, meta
 
     def save_checkpoint(self, path=None) -> Path:
-        "Write the full training state atomically (default: `out_dir/checkpoint.safetensors`)."
+        "Write the full training state atomically (default: `out_dir/checkpoint.safetensors`); the first process writes, all wait."
         path = Path(path) if path is not None else self.checkpoint_path
         if path is None: raise ValueError("no path given and the Trainer has no out_dir")
-        tensors, meta = self.checkpoint_state()
-        atomic_save_safetensors(tensors, path, meta)
+        self.barrier()
+        if self.is_main:
+            tensors, meta = self.checkpoint_state()
+            atomic_save_safetensors(tensors, path, meta)
+        self.barrier()
         return path
 
     def load_checkpoint(self, path) -> int:
-        "Restore the full training state from `path`; returns the step to continue from."
+        "Restore the full training state from `path` (every process reads the same file); returns the step to continue from."
         tensors, meta = load_safetensors(path, 'cpu')
         if meta.get('format') != CHECKPOINT_FORMAT:
             raise ValueError(f"{path} is not a sd_scratch training checkpoint (format {meta.get('format')!r})")
@@ -541,17 +517,26 @@ class Trainer:
         cuda = [tensors[k] for k in sorted(k for k in tensors if k.startswith('rng.cuda.'))]
         if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count(): torch.cuda.set_rng_state_all(cuda)
         self.step = int(meta['step'])
-        if self.log_path is not None and self.log_path.exists():        # drop log lines of steps that will be redone
-            keep = [l for l in self.log_path.read_text().splitlines() if l.strip() and json.loads(l)['step'] < self.step]
-            self.log_path.write_text(''.join(l + '\n' for l in keep))
+        self.barrier()
+        if self.is_main and self.log_path is not None and self.log_path.exists():   # drop log lines of steps that will be redone
+            keep = [l for l in self.log_path.read_text().splitlines() if _log_step(l) < self.step]   # (a line cut by a kill: dropped)
+            atomic_write_text(self.log_path, ''.join(l + '\n' for l in keep))
+        self.barrier()
         return self.step
 
-    def save_pretrained(self, path, use_ema:bool=True, extra_config:dict|None=None) -> Path:
-        "Inference weights only (EMA by default) as safetensors, with the model config in the header."
-        sd = self.ema.state_dict() if use_ema else unwrap(self.model).state_dict()
-        meta = dict(format='sd_scratch.unet.v1', model_config=json.dumps(_model_config(self.model)), step=str(self.step),
-                    **({'extra': json.dumps(extra_config)} if extra_config else {}))
-        atomic_save_safetensors({k: v.detach().float().contiguous() for k, v in sd.items()}, path, meta)
+    def export(self, path, # the weights file to write, e.g. out_dir/'unet.safetensors'
+               use_ema:bool=True # the EMA weights (default) or the live ones
+              ) -> Path:
+        "The weights to sample with, the model's config and the noise schedule in one weights file (`save_weights`)."
+        m, c = unwrap(self.model), self.cfg
+        self.barrier()
+        if self.is_main:
+            state = self.ema.state_dict() if use_ema else m.state_dict()
+            schedule = dict(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
+                            beta_schedule=c.beta_schedule)
+            save_weights(path, {k: v.float() for k, v in state.items()}, type(m).__name__, config_dict(m.cfg) if dataclasses.is_dataclass(getattr(m, 'cfg', None)) else {},
+                         extra=dict(schedule=schedule, step=self.step, ema=use_ema, train_config=c.to_dict()))
+        self.barrier()
         return Path(path)
 
 # %% ../nbs/07_training.ipynb #02895a78
@@ -578,84 +563,326 @@ def _subplots(**kw):
     import matplotlib.pyplot as plt
     return plt.subplots(figsize=kw.pop('figsize', (5, 3)), dpi=kw.pop('dpi', 60), **kw)
 
+# %% ../nbs/07_training.ipynb #79ac6f8e
+@dataclass
+class TinyConvConfig:
+    "A few-thousand-parameter noise predictor for tests and demos of the training machinery (not a UNet)."
+    latent_channels:int = 4   # C of the latents
+    hidden:int = 32           # conv width
+    context_dim:int = 16      # D of the text contexts
+
+    def __post_init__(self):
+        for k in ('latent_channels', 'hidden', 'context_dim'):
+            v = getattr(self, k)
+            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"TinyConvConfig: {k} must be a positive int, got {v!r}")
+
+class TinyNoisePredictor(SavesWeights, nn.Module):
+    "conv -> (+ time and pooled-text embeddings) -> conv -> conv: the `model(z_t, t, context)` call of the UNet, in milliseconds."
+    config_class = TinyConvConfig
+    def __init__(self, cfg:TinyConvConfig|None=None):
+        super().__init__()
+        self.cfg = cfg = cfg or TinyConvConfig()
+        self.conv_in = nn.Conv2d(cfg.latent_channels, cfg.hidden, 3, padding=1)
+        self.time = nn.Linear(1, cfg.hidden)
+        self.text = nn.Linear(cfg.context_dim, cfg.hidden)
+        self.mid = nn.Conv2d(cfg.hidden, cfg.hidden, 3, padding=1)
+        self.conv_out = nn.Conv2d(cfg.hidden, cfg.latent_channels, 3, padding=1)
+
+    def forward(self, z, t, context):
+        t = torch.as_tensor(t, device=z.device).float().expand(len(z)).view(-1, 1) / 1000   # (B,) -> (B, 1)
+        h = self.conv_in(z) + (self.time(t) + self.text(context.mean(1)))[..., None, None]   # (B, hidden, h, w)
+        return self.conv_out(F.silu(self.mid(F.silu(h))))
+
+def random_latent_cache(n:int=64, latent_size:int=8, n_captions:int=8, context_len:int=6, context_dim:int=16,
+                        seed:int=0) -> LatentCache:
+    "A synthetic `LatentCache` (random latents and contexts; the empty prompt's context is zeros) for tests; deterministic by seed."
+    g = torch.Generator().manual_seed(seed)
+    return LatentCache(torch.randn(n, 4, latent_size, latent_size, generator=g), torch.arange(n) % n_captions,
+                       [f"caption {i}" for i in range(n_captions)], torch.randn(n_captions, context_len, context_dim, generator=g),
+                       torch.zeros(context_len, context_dim))
+
 # %% ../nbs/07_training.ipynb #304c2ed5
+@dataclass
+class RunConfig:
+    "A training recipe: the model, the data, the frozen encoders and the `TrainConfig` (its batch_size is the global batch)."
+    name:str = 'custom'
+    model:str = 'unet'               # 'unet' (`UNet2DCondition`) or 'tiny_conv' (`TinyNoisePredictor`, for tests of the machinery)
+    model_config:dict = field(default_factory=dict)   # fields of UNetConfig / TinyConvConfig
+    data:str = 'shapes'              # 'shapes' (drawn and encoded once), 'random', a `LatentCache` file, or a folder of latent shards
+    n_images:int = 4000              # 'shapes' and 'random': how many images
+    image_size:int = 64              # their side in pixels (latents are 8x smaller)
+    data_seed:int = 0                # seed of the 'shapes' / 'random' data
+    encoders:str = 'toy'             # the frozen text encoder and VAE: 'toy' (shipped with the package), 'sd' (from
+                                     # sd_checkpoint), 'hash' (a fixed random context per caption, for tests)
+    sd_checkpoint:str|None = None    # local SD 1.x single file, with encoders='sd'
+    nproc:int = 1                    # processes the recipe is written for (the per-process batch follows from it)
+    stream:bool = False              # latent shards: stream them from disk (lesson 08) instead of loading them all
+    loader_workers:int = 2           # DataLoader workers per process when streaming
+    train:dict = field(default_factory=dict)          # `TrainConfig` fields
+
+    def __post_init__(self):
+        def need(ok, msg):
+            if not ok: raise ValueError(f"RunConfig: {msg}")
+        for k, kind in (('name', str), ('model', str), ('data', str), ('encoders', str), ('model_config', dict), ('train', dict),
+                        ('stream', bool)):
+            need(isinstance(getattr(self, k), kind), f"{k} must be a {kind.__name__}, got {getattr(self, k)!r}")
+        need(self.model in ('unet', 'tiny_conv'), f"model must be 'unet' or 'tiny_conv', got {self.model!r}")
+        need(self.encoders in ('toy', 'sd', 'hash'), f"encoders must be 'toy', 'sd' or 'hash', got {self.encoders!r}")
+        need(self.encoders != 'sd' or self.sd_checkpoint, "encoders='sd' needs sd_checkpoint (a local SD 1.x file)")
+        for k in ('n_images', 'image_size', 'nproc'):
+            v = getattr(self, k)
+            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive int, got {v!r}")
+        need(self.image_size % 8 == 0, f"image_size must be a multiple of 8, got {self.image_size}")
+        need(isinstance(self.loader_workers, int) and self.loader_workers >= 0, f"loader_workers must be an int >= 0")
+        self.train_config()                                   # validates the training fields now, not after model building
+        self.model_config_object()
+
+    def model_config_object(self):
+        "The model's config dataclass (`UNetConfig` / `TinyConvConfig`), refusing unknown or bad fields by name."
+        if self.model == 'tiny_conv': cls = TinyConvConfig
+        else: from sd_scratch.unet import UNetConfig as cls
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(k for k in self.model_config if k not in names)
+        if unknown: raise ValueError(f"RunConfig: unknown model_config keys for {cls.__name__}: {unknown}; valid keys are: {', '.join(names)}")
+        try: return cls(**self.model_config)
+        except (TypeError, ValueError) as e: raise ValueError(f"RunConfig: model_config does not make a {cls.__name__}: {e}") from None
+
+    def train_config(self) -> TrainConfig: return TrainConfig.from_dict(self.train)
+
+    def per_process_batch(self, world_size:int|None=None) -> int:
+        "Images per micro-batch on each process."
+        return self.train_config().micro_batch_size // (world_size or self.nproc)
+
+    @classmethod
+    def from_dict(cls, d:dict) -> RunConfig:
+        "A recipe from a dict, refusing keys that are not fields."
+        if not isinstance(d, dict): raise ValueError(f"a recipe must be a JSON object (dict), got {type(d).__name__}")
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(k for k in d if k not in names)
+        if unknown: raise ValueError(f"unknown RunConfig keys: {unknown}; valid keys are: {', '.join(names)}")
+        return cls(**d)
+
+# %% ../nbs/07_training.ipynb #b2d6b0c5
 TOY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=2,
                 cross_attn_levels=(False, True, True), num_heads=4, cross_attention_dim=64, norm_groups=8)
-TOY_TRAIN = dict(data='shapes', n_images=4000, image_size=64, data_seed=0, unet=TOY_UNET, steps=1800, batch_size=32,
-                 lr=2e-3, warmup_steps=50, min_lr_ratio=0.1, min_snr_gamma=5.0, cfg_dropout=0.1, offset_noise=0.1,
-                 ema_decay=0.0, log_every=10, ckpt_every=250, sample_every=300, sample_guidance=4.0, device='cpu')
 
-def toy_config(**overrides) -> TrainConfig:
-    "The toy model's `TrainConfig`, with `overrides` (unknown keys are an error)."
-    return TrainConfig.from_dict({**TOY_TRAIN, **overrides})
+RECIPES = {
+    # the toy model shipped in the package: 64 px shapes, toy VAE, mini-CLIP text tower; ~12 min on 2 CPU cores
+    'toy': dict(name='toy', model='unet', model_config=TOY_UNET, data='shapes', n_images=4000, image_size=64, data_seed=0,
+                encoders='toy', train=dict(steps=1800, batch_size=32, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1,
+                                           min_snr_gamma=5.0, cfg_dropout=0.1, offset_noise=0.1, ema_decay=0.0, log_every=10,
+                                           ckpt_every=250, sample_every=300, sample_guidance=4.0, device='cpu')),
+    # seconds on a CPU: a 12k-parameter conv net on random latents, for tests of the machinery (2 processes in lesson 08)
+    'tiny': dict(name='tiny', model='tiny_conv', model_config=dict(hidden=32, context_dim=16), data='random', n_images=64,
+                 image_size=64, encoders='hash', nproc=2,
+                 train=dict(steps=6, batch_size=8, grad_accum_steps=2, lr=2e-3, warmup_steps=2, cfg_dropout=0.2,
+                            ema_decay=0.99, device='cpu', min_snr_gamma=5.0, log_every=1)),
+    # the full SD 1.x UNet on 2x RTX 5090 (lesson 08): streamed latent shards, CLIP and VAE from a local SD 1.x file
+    'sd15_2x5090': dict(name='sd15_2x5090', model='unet', model_config={}, data='latent_shards', image_size=512,
+                        encoders='sd', sd_checkpoint='v1-5-pruned-emaonly.safetensors', nproc=2, stream=True, loader_workers=4,
+                        train=dict(steps=13_750,            # one pass over 1.32M images at 96 per step
+                                   batch_size=96,           # global: 2 GPUs x 24 x 2 accumulation steps
+                                   grad_accum_steps=2,      # micro-batch 48 = 24 per GPU
+                                   lr=1e-4, warmup_steps=1000, min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0,
+                                   min_snr_gamma=5.0, cfg_dropout=0.1, ema_decay=0.9999,
+                                   mixed_precision='bf16', gradient_checkpointing=True, device='auto',
+                                   log_every=10, ckpt_every=500, sample_every=0)),
+}
 
-def toy_encoders(vae:nn.Module, # a frozen `AutoencoderKL` (the shipped toy VAE: `sd_scratch.vae.load_vae`)
-                 text_encoder:nn.Module, # a frozen `CLIPTextEncoder` (the trained mini-CLIP text tower: `sd_scratch.mini_clip.load_text_encoder`)
-                 tokenizer=None # default `CLIPTokenizer()`
-                ):
-    "The frozen VAE and text tower as `(encode_images, encode_text, decode)` callables on scaled latents."
-    from sd_scratch.clip import CLIPTokenizer
-    vae, text_encoder = vae.eval().requires_grad_(False), text_encoder.eval().requires_grad_(False)
-    tok, sf = tokenizer or CLIPTokenizer(), vae.cfg.scaling_factor
-    @torch.no_grad()
-    def encode_images(x): return vae.encode(x).mean * sf              # (B, 3, 64, 64) -> (B, 4, 16, 16), scaled
-    @torch.no_grad()
-    def encode_text(prompts): return text_encoder(tok(list(prompts))) # (B,) -> (B, 77, 64)
-    @torch.no_grad()
-    def decode(z): return vae.decode(z / sf)                          # scaled latents -> images in about [-1, 1]
-    return encode_images, encode_text, decode
+def load_run_config(config:str|dict|RunConfig # a name in RECIPES, a JSON file path, or a dict of RunConfig fields
+                   ) -> RunConfig:
+    "Resolve a recipe name, JSON file or dict to a `RunConfig`; a JSON object may name a `base` recipe and override its fields."
+    if isinstance(config, RunConfig): return config
+    if isinstance(config, (str, Path)) and str(config) in RECIPES: return RunConfig.from_dict(copy.deepcopy(RECIPES[str(config)]))
+    if isinstance(config, (str, Path)):
+        p = Path(config)
+        if p.suffix != '.json':
+            raise ValueError(f"unknown recipe {str(config)!r}: known recipes are {sorted(RECIPES)}, or give the path of a JSON file")
+        if not p.is_file(): raise FileNotFoundError(f"config file {p} does not exist")
+        try: config = json.loads(p.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"config file {p} is not valid JSON: {e}") from None
+    if not isinstance(config, dict): raise ValueError(f"a recipe must be a name, a JSON file or a JSON object, got {type(config).__name__}")
+    d = dict(config)
+    base = d.pop('base', None)
+    if base is not None:
+        if base not in RECIPES: raise ValueError(f"unknown base recipe {base!r}; known: {sorted(RECIPES)}")
+        if not isinstance(d.get('train', {}), dict): raise ValueError(f"'train' must be a JSON object of TrainConfig fields, got {d['train']!r}")
+        merged = copy.deepcopy(RECIPES[base])
+        merged.update({k: v for k, v in d.items() if k != 'train'})
+        merged['train'] = {**merged['train'], **d.get('train', {})}
+        d = merged
+    return RunConfig.from_dict(d)
 
-def shapes_latent_cache(cfg:TrainConfig, encode_images, encode_text) -> LatentCache:
-    "Encode `cfg.n_images` shapes images and every caption of the vocabulary once."
+# %% ../nbs/07_training.ipynb #47f8b9c8
+def build_model(run:RunConfig) -> nn.Module:
+    "The model a recipe trains, initialised from `torch.manual_seed(train.seed)`, so every process starts from the same weights."
+    cfg = run.model_config_object()
+    torch.manual_seed(run.train_config().seed)
+    if run.model == 'tiny_conv': return TinyNoisePredictor(cfg)
+    from sd_scratch.unet import UNet2DCondition
+    return UNet2DCondition(cfg)
+
+def hash_text_encoder(context_len:int=6, context_dim:int=16):
+    "A stand-in text encoder for tests: a fixed pseudo-random (L, D) context per caption, from a hash of its bytes."
+    def encode(captions):
+        return torch.stack([torch.randn(context_len, context_dim, generator=torch.Generator().manual_seed(zlib.crc32(c.encode())))
+                            for c in captions])
+    return encode
+
+@dataclass
+class Encoders:
+    "The frozen parts of a recipe."
+    encode_text:object            # list of captions -> (B, L, D) contexts
+    encode_images:object = None   # (B, 3, H, W) images in [-1, 1] -> (B, C, h, w) scaled latents
+    pipeline:object = None        # a `StableDiffusion` holding the tokenizer, text encoder and VAE, for sample grids
+
+def pipeline_encoders(sd) -> Encoders:
+    "Frozen encoders from a `StableDiffusion`'s tokenizer, text encoder and VAE (its UNet is not used)."
+    sd.text_encoder.eval().requires_grad_(False); sd.vae.eval().requires_grad_(False)
+    @torch.no_grad()
+    def encode_text(captions):                                        # (B,) -> (B, 77, D)
+        return sd.text_encoder(sd.tokenizer(list(captions)).to(next(sd.text_encoder.parameters()).device)).float().cpu()
+    @torch.no_grad()
+    def encode_images(x): return (sd.vae.encode(x.to(next(sd.vae.parameters()).device)).mean * sd.scaling_factor).float().cpu()   # (B, 3, H, W) -> (B, C, H/8, W/8)
+    return Encoders(encode_text, encode_images, sd)
+
+def recipe_encoders(run:RunConfig, device=None # where the frozen networks run (default: the recipe's device)
+                   ) -> Encoders:
+    "The frozen text encoder (and VAE) of a recipe: the shipped toy ones, those of a local SD 1.x file, or hashed contexts."
+    if run.encoders == 'hash':
+        return Encoders(hash_text_encoder(context_dim=run.model_config.get('context_dim', run.model_config.get('cross_attention_dim', 16))))
+    if run.encoders == 'toy':
+        from sd_scratch.pipeline import StableDiffusion
+        sd = StableDiffusion.from_pretrained('toy')
+    else:
+        from sd_scratch.convert import load_single_file
+        p = Path(run.sd_checkpoint)
+        if not p.is_file(): raise FileNotFoundError(f"sd_checkpoint {str(p)!r} not found: point it at a local SD 1.x .safetensors file")
+        sd = load_single_file(p)
+    sd.unet = None                                                     # only the frozen parts stay in memory
+    dev = device or default_device(None if run.train_config().device == 'auto' else run.train_config().device)
+    sd.text_encoder.to(dev); sd.vae.to(dev)
+    return pipeline_encoders(sd)
+
+def shapes_latent_cache(run:RunConfig, enc:Encoders) -> LatentCache:
+    "Encode `run.n_images` shapes images and every caption of the vocabulary once."
     from sd_scratch.data import ShapesDataset, all_captions
-    ds = ShapesDataset(cfg.n_images, cfg.image_size, cfg.data_seed)
-    return build_latent_cache(ds.tensors(), ds.captions, encode_images, encode_text, extra_captions=all_captions())
+    if enc.encode_images is None: raise ValueError("data='shapes' needs a VAE to encode the images: encoders 'toy' or 'sd'")
+    ds = ShapesDataset(run.n_images, run.image_size, run.data_seed)
+    return build_latent_cache(ds.tensors(), ds.captions, enc.encode_images, enc.encode_text, extra_captions=all_captions())
 
-def toy_unet(cfg:TrainConfig) -> nn.Module:
-    "A freshly initialised UNet of `cfg.unet` (seeded by `cfg.seed`)."
-    from sd_scratch.unet import UNetConfig, UNet2DCondition
-    torch.manual_seed(cfg.seed)
-    return UNet2DCondition(UNetConfig(**cfg.unet))
+def latent_cache_from_shards(shards, # a folder of latent shards (`sd_scratch.data.encode_latent_shards`) or a list of paths
+                             encode_text, # callable: list of captions -> (B, L, D) contexts
+                             batch_size:int=64 # captions per `encode_text` call
+                            ) -> LatentCache:
+    "Read every latent shard into a `LatentCache` (every process holds all of it; `draw_batch` gives each its slice)."
+    from sd_scratch.data import LatentShardDataset
+    lat, caps = [], []
+    for z, c in LatentShardDataset(shards, rank=0, world_size=1): lat.append(z); caps.append(c)
+    if not lat: raise ValueError(f"no samples in the latent shards {shards}")
+    uniq = sorted(set(caps))
+    index = {c: i for i, c in enumerate(uniq)}
+    ctx = torch.cat([encode_text(uniq[i:i + batch_size]).float().cpu() for i in range(0, len(uniq), batch_size)])
+    return LatentCache(torch.stack(lat), torch.tensor([index[c] for c in caps]), uniq, ctx, encode_text(['']).float().cpu()[0])
 
-def train_toy(out_dir, # log.jsonl, samples/, checkpoint.safetensors, latents.safetensors and toy_unet.safetensors go here
-              vae:nn.Module, # the frozen toy VAE
-              text_encoder:nn.Module, # the frozen mini-CLIP text tower
-              cfg:TrainConfig|None=None, # default `toy_config()`
+def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded 'shapes' data is kept for the next run
+              ) -> LatentCache:
+    "The training data of a recipe as a `LatentCache` (lesson 08 adds streaming)."
+    if run.stream: raise ValueError("stream=True needs the distributed trainer: `sd_scratch train` or sd_scratch.distributed.train_main")
+    if run.data == 'random':
+        return random_latent_cache(n=run.n_images, latent_size=run.image_size // 8, context_dim=enc.encode_text(['']).shape[-1],
+                                   seed=run.data_seed)
+    if run.data == 'shapes':
+        path = None if cache_dir is None else Path(cache_dir)/f"shapes_{run.n_images}x{run.image_size}_seed{run.data_seed}.safetensors"
+        if path is not None and path.exists(): return LatentCache.load(path)
+        cache = shapes_latent_cache(run, enc)
+        if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
+        return cache
+    p = Path(run.data)
+    if not p.exists(): raise FileNotFoundError(f"data {str(p)!r} does not exist: use 'shapes', 'random', a LatentCache file or a folder of latent shards")
+    if p.is_file(): return LatentCache.load(p)
+    return latent_cache_from_shards(p, enc.encode_text)
+
+# %% ../nbs/07_training.ipynb #304b92b7
+def _alive(pid:int) -> bool:
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+class RunFolder:
+    "A run folder belongs to one run at a time: `.lock` holds the owner's process id; a lock whose owner died is taken over."
+    def __init__(self, path): self.path = Path(path); self.lock = self.path/'.lock'; self.held = False
+
+    def acquire(self) -> RunFolder:
+        "Take the folder, or raise `FileExistsError` naming the live run that has it; then remove temporary files a killed run left."
+        self.path.mkdir(parents=True, exist_ok=True)
+        while not self.held:
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, 'w') as f: f.write(str(os.getpid()))
+                self.held = True
+            except FileExistsError:
+                try: pid = int(self.lock.read_text().strip() or 0)
+                except (OSError, ValueError): pid = 0
+                if pid and pid != os.getpid() and _alive(pid):
+                    raise FileExistsError(f"{self.path} is in use by another training run (process {pid}); wait for it, or use "
+                                          f"another folder (if no such run exists, delete {self.lock})") from None
+                try: self.lock.unlink()                                # its owner is gone: a stale lock
+                except FileNotFoundError: pass
+        for tmp in [*self.path.glob('.*.tmp'), *self.path.glob('samples/.*.tmp')]: tmp.unlink(missing_ok=True)
+        return self
+
+    def release(self):
+        if self.held and self.lock.exists(): self.lock.unlink(missing_ok=True)
+        self.held = False
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+# %% ../nbs/07_training.ipynb #a9003ff7
+BOOKKEEPING = dict(train=('log_every', 'ckpt_every', 'sample_every', 'sample_prompts', 'sample_steps', 'sample_guidance', 'device', 'steps'),
+                   run=('name', 'nproc', 'loader_workers'))   # what a resumed run may change (a longer run is announced)
+
+def _check_resume(saved:dict, run:RunConfig):
+    "Refuse to resume a run with another recipe than the one it started with (bookkeeping fields aside)."
+    now = json.loads(json.dumps(asdict(run)))
+    diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if k != 'train' and k not in BOOKKEEPING['run'] and saved.get(k) != now.get(k)}
+    st, nt = saved.get('train', {}), now['train']
+    diff.update({f'train.{k}': (st.get(k), nt.get(k)) for k in sorted(set(st) | set(nt))
+                 if k not in BOOKKEEPING['train'] and st.get(k) != nt.get(k)})
+    if st.get('steps') != nt.get('steps'):
+        print(f"resuming with steps={nt.get('steps')} (the run started with {st.get('steps')}): the learning-rate schedule changes from here")
+    if diff: raise ValueError(f"--resume with another recipe than the run was started with; differing fields (run, now): {diff}. "
+                              "Resume with the same recipe, or start a new run in another folder")
+
+def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
+              out_dir, # the run folder: log.jsonl, checkpoint.safetensors, run_config.json, samples/, the export
+              resume:bool=False, # continue from out_dir/checkpoint.safetensors (it must exist)
               progress:bool=True, # tqdm bar
-              resume:bool=True # continue from out_dir/checkpoint.safetensors if it exists
+              trainer_class=None, # default `Trainer`; lesson 08 passes `DistributedTrainer`
+              make_data=None, # default `build_data`; lesson 08 adds streaming
+              **trainer_kwargs # more arguments for the trainer (e.g. `env`)
              ) -> Trainer:
-    "Train the toy model end to end: encode the data once (cached in out_dir), train, save the EMA UNet."
-    cfg, out_dir = cfg or toy_config(), Path(out_dir)
-    enc_i, enc_t, dec = toy_encoders(vae, text_encoder)
-    cache_path = out_dir/'latents.safetensors'
-    if cfg.data != 'shapes': cache = LatentCache.load(cfg.data)
-    elif cache_path.exists(): cache = LatentCache.load(cache_path)
-    else: cache = shapes_latent_cache(cfg, enc_i, enc_t); cache.save(cache_path)
-    tr = Trainer(toy_unet(cfg), cache, cfg, out_dir, decode=dec, progress=progress)
-    if resume and tr.checkpoint_path.exists(): tr.load_checkpoint(tr.checkpoint_path)
-    tr.fit()
-    save_toy_unet(tr, out_dir/'toy_unet.safetensors')
-    return tr
-
-def save_toy_unet(trainer:Trainer, path, extra:dict|None=None) -> Path:
-    "The EMA UNet as `path` (safetensors) and `path.with_suffix('.json')`: UNet config, noise schedule, training facts."
-    path = Path(path)
-    trainer.save_pretrained(path)
-    c = trainer.cfg
-    meta = dict(config=asdict(unwrap(trainer.model).cfg) if dataclasses.is_dataclass(getattr(unwrap(trainer.model), 'cfg', None)) else {},
-                schedule=dict(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
-                              beta_schedule=c.beta_schedule),
-                step=trainer.step,
-                train_config=c.to_dict(), **(extra or {}))
-    meta['config']['gradient_checkpointing'] = False
-    path.with_suffix('.json').write_text(json.dumps(meta, indent=1))
-    return path
-
-def load_toy_unet(path=None # .safetensors with a .json beside it; default: the shipped data/toy_unet.safetensors
-                 ) -> tuple:
-    "(UNet2DCondition in eval mode, its NoiseSchedule) from `save_toy_unet`'s two files."
-    from sd_scratch.pipeline import _load_unet_files
-    path = Path(path) if path is not None else asset_path('toy_unet.safetensors')
-    cj = path.with_suffix('.json')
-    if not path.exists() or not cj.exists(): raise FileNotFoundError(f"need both {path} and {cj}")
-    return _load_unet_files(path)
+    "Train a recipe end to end: frozen encoders, data, model, trainer; resume or start; fit; export the EMA weights."
+    run, out_dir = load_run_config(run), Path(out_dir)
+    trainer_class = trainer_class or Trainer
+    ckpt, saved_run = out_dir/'checkpoint.safetensors', out_dir/'run_config.json'
+    if resume and not ckpt.exists(): raise FileNotFoundError(f"--resume: {out_dir} holds no checkpoint.safetensors to continue from")
+    if not resume and ckpt.exists():
+        raise FileExistsError(f"{out_dir} already holds a training run (checkpoint.safetensors): pass resume=True (--resume) to "
+                              "continue it, or choose another folder")
+    if resume and saved_run.exists(): _check_resume(json.loads(saved_run.read_text()), run)
+    folder = RunFolder(out_dir)
+    if int(os.environ.get('RANK') or 0) == 0: folder.acquire()        # one run per folder (under torchrun, rank 0 holds it)
+    try:
+        enc = recipe_encoders(run)
+        data = (make_data or build_data)(run, enc, out_dir)
+        trainer = trainer_class(build_model(run), data, run.train_config(), out_dir, pipeline=enc.pipeline, progress=progress,
+                                **trainer_kwargs)
+        if resume: trainer.load_checkpoint(ckpt)
+        elif trainer.is_main and trainer.log_path.exists(): trainer.log_path.unlink()   # a run that died before its first checkpoint
+        if trainer.is_main: atomic_write_text(saved_run, json.dumps(asdict(run), indent=1))
+        trainer.fit()
+        trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
+    finally: folder.release()
+    return trainer

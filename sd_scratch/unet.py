@@ -8,7 +8,7 @@ import math
 from dataclasses import dataclass, field, asdict
 import torch, torch.nn as nn, torch.nn.functional as F
 from torch.utils.checkpoint import checkpoint
-from .core import load_state_strict
+from .core import load_state_strict, SavesWeights, state_and_config
 from .attention import SpatialTransformer, attention_weights
 
 # %% auto #0
@@ -34,7 +34,6 @@ class UNetConfig:
     freq_shift:int = 0  # timestep embedding frequency shift (SD: 0)
     dropout:float = 0.  # dropout in ResBlocks and attention
     fused_attention:bool = True  # F.scaled_dot_product_attention, or the written-out attention of notebook 03
-    gradient_checkpointing:bool = False  # recompute block activations in backward instead of storing them
 
     def __post_init__(self):
         n = len(self.block_out_channels)
@@ -187,11 +186,13 @@ class UpBlock(nn.Module):
         return h
 
 # %% ../nbs/04_unet.ipynb #d1371015
-class UNet2DCondition(nn.Module):
-    "The SD UNet: eps = unet(z_t, t, context)."
+class UNet2DCondition(SavesWeights, nn.Module):
+    "The SD UNet: eps = unet(z_t, t, context). `save_file` / `from_file` keep the weights with the config (lesson 00)."
+    config_class = UNetConfig
     def __init__(self, cfg:UNetConfig=None):
         super().__init__()
         self.cfg = cfg = cfg or UNetConfig()
+        self.gradient_checkpointing = False                           # how it runs, not what it is: module state, not config
         chs = cfg.block_out_channels
         self.conv_in = nn.Conv2d(cfg.in_channels, chs[0], 3, padding=1)
         self.time_embedding = TimestepMLP(chs[0], cfg.time_embed_dim)
@@ -205,6 +206,13 @@ class UNet2DCondition(nn.Module):
         self.up_blocks = nn.ModuleList(up)
         self.conv_norm_out = nn.GroupNorm(cfg.norm_groups, chs[0], cfg.norm_eps)
         self.conv_out = nn.Conv2d(chs[0], cfg.out_channels, 3, padding=1)
+
+    def enable_gradient_checkpointing(self):
+        "Recompute each ResBlock's and SpatialTransformer's activations in the backward pass instead of keeping them."
+        self.gradient_checkpointing = True; return self
+
+    def disable_gradient_checkpointing(self):
+        self.gradient_checkpointing = False; return self
 
     def _check_inputs(self, z, t, context):
         cfg = self.cfg
@@ -226,7 +234,7 @@ class UNet2DCondition(nn.Module):
                 context:torch.Tensor # text embeddings (B, L, cross_attention_dim)
                ) -> torch.Tensor:
         t = self._check_inputs(z, t, context)
-        cfg, ckpt = self.cfg, self.cfg.gradient_checkpointing
+        cfg, ckpt = self.cfg, self.gradient_checkpointing
         temb = self.time_embedding(timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos,
                                                       cfg.freq_shift).to(z.dtype))  # (B,) -> (B, 4*ch0)
         h = self.conv_in(z)                                           # (B, 4, H, W) -> (B, ch0, H, W)
@@ -277,12 +285,7 @@ def unet_from_diffusers(model_or_state_dict, # a diffusers `UNet2DConditionModel
                         config:UNetConfig|None=None # our config; read from the model when None, required for a state dict
                        ) -> UNet2DCondition:
     "Our `UNet2DCondition` holding the weights of a diffusers UNet (same key names; loaded strictly)."
-    if isinstance(model_or_state_dict, nn.Module):
-        config = config or unet_config_from_diffusers(model_or_state_dict.config)
-        state = model_or_state_dict.state_dict()
-    else:
-        if config is None: raise ValueError("a state dict carries no config: pass config=UNetConfig(...)")
-        state = dict(model_or_state_dict)
+    state, config = state_and_config(model_or_state_dict, config, unet_config_from_diffusers, 'UNetConfig')
     return load_state_strict(UNet2DCondition(config), state, 'diffusers UNet2DConditionModel state dict')
 
 # %% ../nbs/04_unet.ipynb #5b6a5593

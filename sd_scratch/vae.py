@@ -15,8 +15,7 @@ from .core import *
 __all__ = ['TOY_VAE_CONFIG', 'VAEConfig', 'ResnetBlock', 'Downsample', 'Upsample', 'VAEAttention', 'MidBlock', 'DownBlock',
            'UpBlock', 'Encoder', 'Decoder', 'DiagonalGaussian', 'AutoencoderKL', 'vae_config_from_diffusers',
            'vae_from_diffusers', 'diffusers_vae', 'vae_parity', 'photo_crops', 'psnr', 'vae_loss', 'train_vae',
-           'reconstruct', 'latent_scaling_factor', 'save_vae', 'load_vae', 'load_toy_vae', 'decode_sliced',
-           'decode_tiled', 'decoder_activation_bytes']
+           'reconstruct', 'latent_scaling_factor', 'decode_sliced', 'decode_tiled', 'decoder_activation_bytes']
 
 # %% ../nbs/02_vae.ipynb #e29d9a3f
 @dataclass
@@ -189,8 +188,9 @@ class DiagonalGaussian:
     def __repr__(self): return f"DiagonalGaussian(shape={tuple(self.mean.shape)})"
 
 # %% ../nbs/02_vae.ipynb #6b040c56
-class AutoencoderKL(nn.Module):
+class AutoencoderKL(SavesWeights, nn.Module):
     "The latent-diffusion VAE: `encode` an image to a `DiagonalGaussian` over latents, `decode` latents to an image."
+    config_class = VAEConfig                                           # `save_file` / `from_file`: weights + config (lesson 00)
     def __init__(self, cfg:VAEConfig|None=None): # configuration; default SD 1.x
         super().__init__()
         self.cfg = cfg = cfg or VAEConfig()
@@ -257,12 +257,7 @@ def vae_from_diffusers(model_or_state_dict, # a `diffusers.AutoencoderKL`, or it
                        config:VAEConfig|None=None # our config; required with a state dict, read from the model otherwise
                       ) -> AutoencoderKL:
     "Our `AutoencoderKL` holding the weights of a diffusers `AutoencoderKL` (model object or state dict)."
-    if isinstance(model_or_state_dict, nn.Module):
-        config = config or vae_config_from_diffusers(model_or_state_dict.config)
-        state = model_or_state_dict.state_dict()
-    else:
-        if config is None: raise ValueError("with a state dict, pass our `config=VAEConfig(...)` too")
-        state = model_or_state_dict
+    state, config = state_and_config(model_or_state_dict, config, vae_config_from_diffusers, 'VAEConfig')
     state = {_vae_key_from_diffusers(k): v for k, v in state.items()}
     vae = AutoencoderKL(config)
     return load_state_strict(vae, state, what='diffusers AutoencoderKL state dict').eval()
@@ -374,35 +369,6 @@ def latent_scaling_factor(vae:AutoencoderKL, x:torch.Tensor, # images (N, 3, H, 
     "1 / std of posterior samples over the batch `x`: the factor that gives the diffusion model unit-variance latents."
     z = torch.cat([vae.encode(b).sample(generator) for b in x.split(64)])
     return 1.0 / z.float().std().item()
-
-# %% ../nbs/02_vae.ipynb #a0e9459c
-def save_vae(vae:AutoencoderKL, path, # .safetensors path; the config goes to the same name with .json
-             extra:dict|None=None, # more facts to store in the json (training run, PSNR, ...)
-             dtype=torch.float32): # storage dtype of the weights
-    "Save `vae` as `path` (.safetensors weights) and `path.with_suffix('.json')` (config and `extra`)."
-    from safetensors.torch import save_file
-    path = Path(path)
-    save_file({k: v.detach().to(dtype).contiguous() for k, v in vae.state_dict().items()}, str(path))
-    path.with_suffix('.json').write_text(json.dumps(dict(config=asdict(vae.cfg), **(extra or {})), indent=1))
-    return path
-
-def load_vae(path # .safetensors weights with a .json config beside it
-            ) -> AutoencoderKL:
-    "An `AutoencoderKL` (eval mode, float32) from `save_vae`'s two files; strict about keys."
-    from safetensors.torch import load_file
-    path = Path(path)
-    cj = path.with_suffix('.json')
-    if not path.exists() or not cj.exists(): raise FileNotFoundError(f"need both {path} and {cj}")
-    meta = json.loads(cj.read_text())
-    vae = AutoencoderKL(VAEConfig(**meta['config']))
-    state = {k: v.float() for k, v in load_file(str(path)).items()}
-    return load_state_strict(vae, state, what=str(path)).eval()
-
-def load_toy_vae() -> AutoencoderKL:
-    "The small VAE trained in this notebook on shapes and photo crops, shipped as `data/toy_vae.safetensors` (+ `.json`)."
-    return load_vae(asset_path('toy_vae.safetensors'))
-
-AutoencoderKL.from_file = staticmethod(load_vae)
 
 # %% ../nbs/02_vae.ipynb #d066a07d
 def decode_sliced(vae:AutoencoderKL, z:torch.Tensor, # unscaled latents (B, latent_channels, h, w)

@@ -1,5 +1,5 @@
 "`sd_scratch generate` end to end from the console script: a tiny model saved as an SD single file, text-to-image and image-to-image."
-import subprocess, sys, shutil
+import json, subprocess, sys, shutil
 from pathlib import Path
 import numpy as np, pytest, torch
 from PIL import Image
@@ -70,3 +70,17 @@ def test_no_checkpoint_uses_the_shipped_toy_model(tmp_path):
     assert r.returncode == 0, r.stderr
     paths = [Path(l) for l in r.stdout.split() if l.endswith('.png')]
     assert len(paths) == 1 and Image.open(paths[0]).size == (64, 64)    # the toy model's own size when none is given
+
+def test_train_a_short_toy_run_from_a_json_recipe(tmp_path):
+    "The toy recipe shortened in a JSON file (`base` + overrides) trains from the CLI and exports a UNet the pipeline loads."
+    from sd_scratch.pipeline import StableDiffusion, load_unet
+    (tmp_path/'run.json').write_text(json.dumps({"base": "toy", "train": {"steps": 20}}))
+    r = run('train', '--config', str(tmp_path/'run.json'), '--out', str(tmp_path/'run'), '--no-progress')
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert json.loads(r.stdout.strip().splitlines()[-1])['step'] == 20
+    assert len((tmp_path/'run'/'log.jsonl').read_text().splitlines()) == 2          # the toy logs every 10 steps
+    unet, _ = load_unet(tmp_path/'run'/'unet.safetensors')
+    sd = StableDiffusion.from_pretrained('toy', unet=tmp_path/'run'/'unet.safetensors')
+    assert sd.generate('a red circle on a blue background', steps=2, guidance_scale=2)[0].size == (64, 64)
+    again = run('train', '--config', str(tmp_path/'run.json'), '--out', str(tmp_path/'run'), '--no-progress')
+    assert again.returncode == 2 and 'already holds a training run' in again.stderr and 'Traceback' not in again.stderr

@@ -3,24 +3,24 @@ import os, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch
 from safetensors.torch import load_file
-from sd_scratch.distributed import (DistEnv, DistributedTrainer, dist_env, shard_for_rank, load_run_config, build_model,
-                                    build_data, rank_seed, CONFIGS)
-from sd_scratch.train import unwrap, load_safetensors
+from sd_scratch.core import load_safetensors
+from sd_scratch.distributed import DistEnv, DistributedTrainer, dist_env, shard_for_rank, rank_seed
+from sd_scratch.train import unwrap, load_run_config, build_model, build_data, recipe_encoders, RECIPES
 
 WORKER = textwrap.dedent('''
     import dataclasses, os, signal, sys
     from pathlib import Path
     from safetensors.torch import save_file
-    import sd_scratch.train as train
+    import sd_scratch.core as core
     from sd_scratch.distributed import *
-    from sd_scratch.train import unwrap
+    from sd_scratch.train import unwrap, load_run_config, build_model, build_data, recipe_encoders
     mode, out = sys.argv[1], Path(sys.argv[2])
     env = init_distributed()
     run = load_run_config('tiny')
     cfg = run.train_config()
     if mode == 'die':                               # rank 0 is SIGKILLed half-way through writing the step-3 checkpoint
         cfg = dataclasses.replace(cfg, ckpt_every=1)
-        real = train.save_file
+        real = core.save_file
         def dying(tensors, filename, metadata=None):
             if metadata['step'] == '3':
                 real(tensors, filename, metadata)
@@ -28,8 +28,8 @@ WORKER = textwrap.dedent('''
                 with open(filename, 'r+b') as f: f.truncate(size // 2)
                 os.kill(os.getpid(), signal.SIGKILL)
             return real(tensors, filename, metadata)
-        train.save_file = dying
-    tr = DistributedTrainer(build_model(run), build_data(run), cfg, out, progress=False, env=env)
+        core.save_file = dying
+    tr = DistributedTrainer(build_model(run), build_data(run, recipe_encoders(run)), cfg, out, progress=False, env=env)
     tr.fit(until=3 if mode == 'fit' else 5)
     save_file({k: v.contiguous() for k, v in unwrap(tr.model).state_dict().items()}, str(out/f'rank{env.rank}.safetensors'))
     cleanup_distributed()
@@ -47,7 +47,7 @@ def torchrun(tmp_path, mode, nproc=2):
 
 def single_process(out=None, until=3, resume_from=None):
     run = load_run_config('tiny')
-    tr = DistributedTrainer(build_model(run), build_data(run), run.train_config(), out, progress=False, env=DistEnv())
+    tr = DistributedTrainer(build_model(run), build_data(run, recipe_encoders(run)), run.train_config(), out, progress=False, env=DistEnv())
     if resume_from is not None: assert tr.load_checkpoint(resume_from) == 3
     losses = [r['loss'] for r in tr.fit(until=until)]
     return tr, losses
@@ -112,28 +112,26 @@ def test_configs():
     sd = load_run_config('sd15_2x5090')
     tc = sd.train_config()
     assert (tc.batch_size, tc.grad_accum_steps, sd.per_process_batch(2)) == (96, 2, 24)   # 2 GPUs x 24 x 2 = 96
+    assert sorted(RECIPES) == ['sd15_2x5090', 'tiny', 'toy']
+    for name in RECIPES: assert load_run_config(dict(base=name)).name == name   # every recipe is a base
     assert (tc.lr, tc.min_snr_gamma, tc.ema_decay, tc.mixed_precision, tc.gradient_checkpointing) == (1e-4, 5.0, 0.9999, 'bf16', True)
-    with pytest.raises(ValueError, match='known configs'): load_run_config('small')
+    with pytest.raises(ValueError, match='known recipes'): load_run_config('small')
     with pytest.raises(ValueError, match='unknown RunConfig keys'): load_run_config(dict(name='x', modle='unet'))
     with pytest.raises(ValueError, match='unknown TrainConfig keys'): load_run_config(dict(base='tiny', train=dict(stepz=3)))
     assert load_run_config(dict(base='tiny', train=dict(steps=9))).train_config().steps == 9
 
 
 def test_toy_recipe_through_the_distributed_trainer(tmp_path):
-    """The 07 toy recipe (real small UNet, toy VAE, a text tower) trains through DistributedTrainer and saves its EMA UNet;
-    the recipe's gradient_checkpointing reaches our UNet's config-driven switch."""
-    from sd_scratch.vae import load_toy_vae
-    from sd_scratch.clip import CLIPTextConfig, CLIPTextEncoder
-    from sd_scratch.train import toy_config, load_toy_unet
-    from sd_scratch.distributed import train_toy_distributed
-    torch.manual_seed(0)
-    text = CLIPTextEncoder(CLIPTextConfig(hidden_size=64, n_layers=1, n_heads=4, intermediate_size=128))   # untrained stand-in
-    from sd_scratch.distributed import random_latent_cache
+    """The 07 toy recipe (real small UNet, the shipped toy VAE and text tower) trains through `train_run` with the
+    DistributedTrainer and exports its EMA UNet; the recipe's gradient_checkpointing switches the UNet's own switch on."""
+    from sd_scratch.train import train_run, random_latent_cache
+    from sd_scratch.pipeline import load_unet
     random_latent_cache(n=8, latent_size=16, context_len=77, context_dim=64).save(tmp_path/'cache.safetensors')   # skip encoding the shapes
-    cfg = toy_config(steps=2, batch_size=2, sample_every=0, ckpt_every=0, log_every=1, data=str(tmp_path/'cache.safetensors'),
-                     gradient_checkpointing=True)
-    tr = train_toy_distributed(tmp_path, load_toy_vae(), text, cfg, progress=False)
-    assert tr.step == 2 and (tmp_path/'checkpoint.safetensors').exists()
-    assert unwrap(tr.model).cfg.gradient_checkpointing and all(torch.isfinite(torch.tensor(r['loss'])) for r in tr.history)
-    unet, _ = load_toy_unet(tmp_path/'toy_unet.safetensors')
+    recipe = dict(base='toy', data=str(tmp_path/'cache.safetensors'),
+                  train=dict(steps=2, batch_size=2, sample_every=0, ckpt_every=0, log_every=1, gradient_checkpointing=True))
+    tr = train_run(recipe, tmp_path/'run', progress=False, trainer_class=DistributedTrainer, env=DistEnv())
+    assert tr.step == 2 and (tmp_path/'run'/'checkpoint.safetensors').exists() and (tmp_path/'run'/'run_config.json').exists()
+    assert unwrap(tr.model).gradient_checkpointing and all(torch.isfinite(torch.tensor(r['loss'])) for r in tr.history)
+    unet, schedule = load_unet(tmp_path/'run'/'unet.safetensors')
     assert sum(p.numel() for p in unet.parameters()) == sum(p.numel() for p in unwrap(tr.model).parameters())
+    for k, v in unet.state_dict().items(): assert torch.equal(v, tr.ema.shadow[k]), k

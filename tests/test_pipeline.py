@@ -82,3 +82,20 @@ def test_generate_bad_input(sd, kw, msg):
 def test_generate_bad_types(sd):
     with pytest.raises(TypeError, match='prompt must be a string'): sd.generate(3)
     with pytest.raises(TypeError, match='init_image must be'): sd.generate('x', init_image=np.zeros((32, 32, 3)))
+
+def test_load_unet_round_trip_and_bad_files(sd, tmp_path):
+    "A UNet weights file with its schedule loads back equal; one without a schedule, of another class, or missing is refused by name."
+    from sd_scratch.core import save_weights, config_dict
+    from sd_scratch.pipeline import load_unet
+    sched = dict(num_train_timesteps=1000, beta_start=0.001, beta_end=0.02, beta_schedule='linear')
+    save_weights(tmp_path/'unet.safetensors', sd.unet.state_dict(), 'UNet2DCondition', config_dict(sd.unet.cfg), extra=dict(schedule=sched, step=7))
+    unet, schedule = load_unet(tmp_path/'unet.safetensors')
+    assert not unet.training and unet.cfg == sd.unet.cfg
+    assert all(torch.equal(v, sd.unet.state_dict()[k]) for k, v in unet.state_dict().items())
+    assert torch.allclose(schedule.betas, NoiseSchedule(**sched).betas)
+    sd.unet.save_file(tmp_path/'bare.safetensors')
+    with pytest.raises(ValueError, match='noise schedule'): load_unet(tmp_path/'bare.safetensors')
+    sd.vae.save_file(tmp_path/'vae.safetensors')
+    with pytest.raises(ValueError, match='not a UNet2DCondition'): load_unet(tmp_path/'vae.safetensors')
+    with pytest.raises(FileNotFoundError): load_unet(tmp_path/'nowhere.safetensors')
+    with pytest.raises(ValueError, match="only 'toy'"): StableDiffusion.from_pretrained('sd15', unet=tmp_path/'unet.safetensors')

@@ -3,7 +3,7 @@ import json, os, subprocess, sys, textwrap
 from pathlib import Path
 import torch
 from sd_scratch.data import render_shape, write_image_shards, LatentShardDataset
-from sd_scratch.train import load_safetensors
+from sd_scratch.core import load_safetensors
 
 WORKER = textwrap.dedent('''
     import sys, torch, torch.nn.functional as F

@@ -2,8 +2,10 @@
 import json, os, signal, subprocess, sys, textwrap
 from pathlib import Path
 import pytest, torch, torch.nn as nn
-from sd_scratch.train import (TrainConfig, LatentCache, Trainer, atomic_save_safetensors, load_safetensors,
-                              draw_batch, min_snr_weight, read_log)
+from sd_scratch.core import atomic_save_safetensors, load_safetensors
+from sd_scratch.train import (TrainConfig, LatentCache, Trainer, draw_batch, min_snr_weight, read_log, random_latent_cache,
+                              load_run_config, build_data, recipe_encoders)
+from sd_scratch.unet import UNetConfig, UNet2DCondition
 
 
 TINY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(16, 32), layers_per_block=1, cross_attn_levels=(False, True),
@@ -11,31 +13,11 @@ TINY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(16, 32), lay
 
 
 def tiny_model(hidden=16):
-    "The smallest real UNet2DCondition if the UNet lesson is installed, else a small conv stand-in with the same call."
-    try:
-        from sd_scratch.unet import UNetConfig, UNet2DCondition
-    except ImportError:
-        return Stand_in(hidden)
+    "The smallest real UNet2DCondition."
     return UNet2DCondition(UNetConfig(**{**TINY_UNET, 'block_out_channels': (hidden, 2 * hidden)}))
 
 
-class Stand_in(nn.Module):
-    def __init__(self, hidden=16):
-        super().__init__()
-        self.inp, self.ctx, self.tim = nn.Conv2d(4, hidden, 3, padding=1), nn.Linear(16, hidden), nn.Linear(1, hidden)
-        self.out = nn.Sequential(nn.SiLU(), nn.Conv2d(hidden, 4, 3, padding=1))
-        import dataclasses
-        self.cfg = dataclasses.make_dataclass('StandInConfig', [('hidden', int)])(hidden)
-
-    def forward(self, z, t, context):
-        h = self.inp(z) + self.ctx(context.mean(1))[..., None, None] + self.tim(t.float().view(-1, 1) / 1000)[..., None, None]
-        return self.out(h)
-
-
-def random_cache(n=32, s=8, u=4, L=6, d=16):
-    g = torch.Generator().manual_seed(0)
-    return LatentCache(torch.randn(n, 4, s, s, generator=g), torch.arange(n) % u, [f"caption {i}" for i in range(u)],
-                       torch.randn(u, L, d, generator=g), torch.randn(L, d, generator=g))
+def random_cache(): return random_latent_cache(n=32, latent_size=8, n_captions=4, context_len=6, context_dim=16)
 
 
 CFG = dict(steps=8, batch_size=4, grad_accum_steps=2, lr=2e-3, warmup_steps=2, device='cpu', cfg_dropout=0.2, ema_decay=0.99)
@@ -102,7 +84,7 @@ def test_nan_loss_stops_with_step(tmp_path):
 
 CRASH = textwrap.dedent("""
     import os, signal, sys, torch
-    import sd_scratch.train as T
+    import sd_scratch.core as T
     path = sys.argv[1]
     real = T.save_file
     def dying_write(tensors, filename, metadata=None):
@@ -127,7 +109,7 @@ def test_atomic_write_survives_a_killed_process(tmp_path):
 
 
 def test_trainer_checkpoint_survives_a_crash_mid_save(tmp_path, monkeypatch):
-    import sd_scratch.train as T
+    import sd_scratch.core as T
     tr = make_trainer(tmp_path)
     tr.fit(until=2)                                                   # checkpoint at step 2
     real = T.save_file
@@ -149,8 +131,9 @@ def test_config_errors(tmp_path):
         TrainConfig.from_json(tmp_path/'c.json')
     with pytest.raises(ValueError, match='batch_size=6 is not divisible by grad_accum_steps=4'):
         TrainConfig(batch_size=6, grad_accum_steps=4)
+    run = load_run_config(dict(base='tiny', data=str(tmp_path/'missing.safetensors')))
     with pytest.raises(FileNotFoundError, match='does not exist'):
-        TrainConfig(data=str(tmp_path/'missing.safetensors'))
+        build_data(run, recipe_encoders(run))
     with pytest.raises(ValueError, match='cfg_dropout'):
         TrainConfig(cfg_dropout=1.5)
     with pytest.raises(ValueError, match='steps must be a positive int'):
@@ -162,7 +145,8 @@ def test_latent_cache_round_trip(tmp_path):
     c.save(tmp_path/'cache.safetensors')
     d = LatentCache.load(tmp_path/'cache.safetensors')
     assert d.captions == c.captions and torch.equal(d.latents, c.latents) and torch.equal(d.contexts, c.contexts)
-    assert TrainConfig(data=str(tmp_path/'cache.safetensors')).data.endswith('cache.safetensors')
+    run = load_run_config(dict(base='tiny', data=str(tmp_path/'cache.safetensors')))
+    assert torch.equal(build_data(run, recipe_encoders(run)).latents, c.latents)
 
 
 def test_min_snr_weight():
@@ -179,13 +163,57 @@ def test_bf16_autocast_and_grad_accum_run():
 
 
 def test_gradient_checkpointing_gives_the_same_step():
-    "Checkpointing recomputes activations in backward: same losses and weights (to float rounding), less memory."
-    pytest.importorskip('sd_scratch.unet')
+    "Checkpointing recomputes activations in backward: same losses and weights (to float rounding)."
     runs = []
     for ckpt in (False, True):
         torch.manual_seed(0)
         tr = Trainer(tiny_model(), random_cache(), TrainConfig(**{**CFG, 'steps': 2, 'gradient_checkpointing': ckpt}), progress=False)
-        assert tr.model.cfg.gradient_checkpointing is ckpt
+        assert tr.model.gradient_checkpointing is ckpt
         runs.append(([r['loss'] for r in tr.fit()], tr.model.state_dict()))
     assert torch.allclose(torch.tensor(runs[0][0]), torch.tensor(runs[1][0]), rtol=1e-5)
     for k, v in runs[0][1].items(): assert torch.allclose(v, runs[1][1][k], atol=1e-5), k
+
+
+def test_train_run_guards_its_folder(tmp_path):
+    "A finished run is never overwritten, resume needs a checkpoint and the same recipe; a longer run may resume."
+    from sd_scratch.train import train_run
+    train_run('tiny', tmp_path/'run', progress=False)
+    with pytest.raises(FileExistsError, match='already holds a training run'): train_run('tiny', tmp_path/'run', progress=False)
+    with pytest.raises(FileNotFoundError, match='holds no checkpoint'): train_run('tiny', tmp_path/'empty', resume=True, progress=False)
+    with pytest.raises(ValueError, match=r"another recipe.*'train.lr': \(0.002, 0.001\)"):
+        train_run(dict(base='tiny', train=dict(lr=1e-3)), tmp_path/'run', resume=True, progress=False)
+    tr = train_run(dict(base='tiny', train=dict(steps=8)), tmp_path/'run', resume=True, progress=False)
+    assert tr.step == 8 and [r['step'] for r in read_log(tmp_path/'run'/'log.jsonl')] == list(range(8))
+    assert json.loads((tmp_path/'run'/'run_config.json').read_text())['train']['steps'] == 8
+    assert not (tmp_path/'run'/'.lock').exists()
+
+
+def test_run_folder_belongs_to_one_run(tmp_path):
+    from sd_scratch.train import RunFolder, train_run
+    other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
+    try:
+        (tmp_path/'.lock').write_text(str(other.pid))                 # a live run holds the folder
+        with pytest.raises(FileExistsError, match=f'in use by another training run \\(process {other.pid}\\)'):
+            train_run('tiny', tmp_path, progress=False)
+    finally: other.kill(); other.wait()
+    (tmp_path/'.checkpoint.safetensors.abc.tmp').write_bytes(b'half')  # what a run killed mid-write leaves
+    with RunFolder(tmp_path) as f:                                      # its owner is dead: the lock is taken over
+        assert f.held and (tmp_path/'.lock').read_text() == str(os.getpid())
+        assert not (tmp_path/'.checkpoint.safetensors.abc.tmp').exists()
+    assert not (tmp_path/'.lock').exists()
+
+
+def test_resume_survives_a_log_line_cut_by_a_kill(tmp_path):
+    from sd_scratch.train import train_run
+    train_run(dict(base='tiny', train=dict(ckpt_every=3)), tmp_path, progress=False)
+    full = read_log(tmp_path/'log.jsonl')
+    import sd_scratch.core as core
+    from sd_scratch.train import Trainer
+    tr = Trainer(tiny_model(), random_cache(), TrainConfig(**CFG), out_dir=tmp_path/'b', progress=False)
+    tr.fit(until=3); tr.fit(until=5)                                    # checkpoint at 5 ... now pretend the last line was cut
+    log = (tmp_path/'b'/'log.jsonl').read_text()
+    (tmp_path/'b'/'log.jsonl').write_text(log + '{"step": 5, "loss": 0.')
+    again = Trainer(tiny_model(), random_cache(), TrainConfig(**CFG), out_dir=tmp_path/'b', progress=False)
+    assert again.load_checkpoint(tmp_path/'b'/'checkpoint.safetensors') == 5
+    assert [r['step'] for r in read_log(tmp_path/'b'/'log.jsonl')] == [0, 1, 2, 3, 4]
+    assert len(full) == 6

@@ -42,3 +42,29 @@ def test_state_dict_round_trip_and_errors(unet):
 def test_bad_config():
     with pytest.raises(ValueError, match='one entry per level'): UNetConfig(num_heads=(8, 8))
     with pytest.raises(ValueError, match='not divisible by num_heads'): UNetConfig(num_heads=7)
+
+def test_gradient_checkpointing_recomputes_the_blocks():
+    "Switched on, every ResBlock and SpatialTransformer runs again in the backward pass (and the gradients do not change); "
+    "a switch that did nothing would fail the count."
+    from sd_scratch.unet import ResBlock
+    from sd_scratch.attention import SpatialTransformer
+    calls, saved = [0], {cls: cls.forward for cls in (ResBlock, SpatialTransformer)}
+    def counting(f):
+        def forward(self, *a, **k): calls[0] += 1; return f(self, *a, **k)
+        return forward
+    z, t, ctx = torch.randn(2, 4, 8, 8), torch.tensor([3, 500]), torch.randn(2, 5, 16)
+    results = []
+    for on in (False, True):
+        torch.manual_seed(0)
+        m = UNet2DCondition(UNetConfig(**TINY)).train()
+        if on: assert m.enable_gradient_checkpointing() is m and m.gradient_checkpointing
+        for cls, f in saved.items(): cls.forward = counting(f)
+        calls[0] = 0
+        try: m(z, t, ctx).square().mean().backward()
+        finally:
+            for cls, f in saved.items(): cls.forward = f
+        results.append((calls[0], {k: p.grad for k, p in m.named_parameters()}))
+    n_blocks = sum(isinstance(x, (ResBlock, SpatialTransformer)) for x in m.modules())
+    assert results[0][0] == n_blocks and results[1][0] == 2 * n_blocks
+    for k, g in results[0][1].items(): assert torch.allclose(results[1][1][k], g, atol=1e-6, rtol=1e-5), k
+    assert m.disable_gradient_checkpointing().gradient_checkpointing is False
