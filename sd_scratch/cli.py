@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #f6d1bd4e
 from __future__ import annotations
-import argparse, sys
+import argparse, math, os, sys
 from pathlib import Path
 
 # %% auto #0
@@ -17,12 +17,24 @@ def check_generate_args(a:argparse.Namespace):
     for name in ('height', 'width'):
         v = getattr(a, name)
         if v is not None and (v < 8 or v % 8): raise ValueError(f"--{name} must be a positive multiple of 8, got {v}")
+    for name in ('guidance', 'eta', 'strength'):
+        if not math.isfinite(getattr(a, name)): raise ValueError(f"--{name} must be a finite number, got {getattr(a, name)}")
     if not 0 < a.strength <= 1: raise ValueError(f"--strength must lie in (0, 1], got {a.strength}")
     if a.eta < 0: raise ValueError(f"--eta must be >= 0, got {a.eta}")
+    if not 0 <= a.seed < 2**63 - 2**20: raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1 (minus the batch), got {a.seed}")
     if a.prompt is None and a.batch is None: raise ValueError("give --prompt TEXT or --batch prompts.txt")
-    for name in ('batch', 'init_image', 'checkpoint'):
+    if a.prompt is not None and a.batch is not None:
+        raise ValueError("give --prompt TEXT or --batch prompts.txt, not both (put the prompt into the file as one more line)")
+    for name, kind in (('batch', 'file'), ('init_image', 'file'), ('checkpoint', None)):
         p = getattr(a, name)
-        if p is not None and not Path(p).exists(): raise ValueError(f"--{name.replace('_', '-')}: {p} does not exist")
+        if p is None: continue
+        flag = '--' + name.replace('_', '-')
+        if not Path(p).exists(): raise ValueError(f"{flag}: {p} does not exist")
+        if kind == 'file' and not Path(p).is_file(): raise ValueError(f"{flag}: {p} is not a file")
+    out = Path(a.out)
+    if out.exists() and not out.is_dir(): raise ValueError(f"--out: {out} exists and is not a folder")
+    probe = out if out.exists() else next((q for q in out.parents if q.exists()), Path('.'))
+    if not os.access(probe, os.W_OK | os.X_OK): raise ValueError(f"--out: cannot write into {probe} (permission denied)")
 
 # %% ../nbs/09_cli.ipynb #2ae97e05
 def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
@@ -30,7 +42,7 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
     p = p or argparse.ArgumentParser(prog='sd_scratch generate')
     p.add_argument('--prompt', help='text prompt')
     p.add_argument('--negative', default=None, help='negative prompt (replaces the empty prompt of classifier-free guidance)')
-    p.add_argument('--batch', default=None, help='a text file with one prompt per line')
+    p.add_argument('--batch', default=None, help='a UTF-8 text file with one prompt per line (instead of --prompt)')
     p.add_argument('--steps', type=int, default=25, help='sampling steps')
     p.add_argument('--guidance', type=float, default=7.5, help='classifier-free guidance scale')
     p.add_argument('--seed', type=int, default=0, help='random seed (the same seed gives the same image)')
@@ -38,7 +50,9 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
     p.add_argument('--eta', type=float, default=0.0, help='DDIM eta (0: deterministic)')
     p.add_argument('--height', type=int, default=None, help='image height, a multiple of 8 (default: the model\'s)')
     p.add_argument('--width', type=int, default=None, help='image width, a multiple of 8 (default: the model\'s)')
-    p.add_argument('--out', default='outputs', help='folder for the PNGs')
+    p.add_argument('--out', default='outputs', help='folder for the PNGs; images already there are never replaced: numbering '
+                   'continues after the highest NNN_ file (unless --overwrite)')
+    p.add_argument('--overwrite', action='store_true', help='number the images from 000 and replace files of the same name')
     p.add_argument('--checkpoint', default=None, help='SD 1.x single file (.safetensors/.ckpt) or diffusers folder; default: the shipped toy model')
     p.add_argument('--init-image', dest='init_image', default=None, help='start from this image (image-to-image)')
     p.add_argument('--strength', type=float, default=0.8, help='image-to-image: how much of the init image to noise away, in (0, 1]')
@@ -61,17 +75,33 @@ def load_model(checkpoint:str|None=None # single file, diffusers folder, or None
     return load_diffusers_folder(checkpoint) if Path(checkpoint).is_dir() else load_single_file(checkpoint)
 
 # %% ../nbs/09_cli.ipynb #0d03bd17
+def _read_prompts(path) -> list[str]:
+    try: text = Path(path).read_bytes().decode('utf-8')
+    except UnicodeDecodeError as e: raise ValueError(f"--batch {path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    prompts = [l.strip() for l in text.splitlines() if l.strip()]
+    if not prompts: raise ValueError(f"--batch {path} holds no prompts")
+    return prompts
+
+def _open_image(path):
+    from PIL import Image, UnidentifiedImageError
+    try:
+        with Image.open(path) as im: return im.convert('RGB')
+    except (UnidentifiedImageError, OSError) as e: raise ValueError(f"--init-image {path} is not an image PIL can read: {e}") from None
+
+def _first_free_index(out:Path) -> int:
+    "The number after the highest `NNN_*.png` already in `out` (0 in an empty folder)."
+    taken = [int(p.name[:3]) for p in out.glob('[0-9][0-9][0-9]_*.png')]
+    return max(taken) + 1 if taken else 0
+
 def generate_main(a:argparse.Namespace) -> list[Path]:
-    "Run `sd_scratch generate`: write one PNG per image and print the paths."
+    "Run `sd_scratch generate`: write one PNG per image (never replacing one unless --overwrite) and print the paths."
+    from sd_scratch.core import atomic_write
     check_generate_args(a)
-    prompts = [a.prompt] if a.batch is None else [l.strip() for l in Path(a.batch).read_text().splitlines() if l.strip()]
-    if not prompts: raise ValueError(f"--batch {a.batch} holds no prompts")
-    init = None
-    if a.init_image is not None:
-        from PIL import Image
-        init = Image.open(a.init_image).convert('RGB')
+    prompts = [a.prompt] if a.batch is None else _read_prompts(a.batch)
+    init = None if a.init_image is None else _open_image(a.init_image)
     sd = load_model(a.checkpoint)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
+    first = 0 if a.overwrite else _first_free_index(out)
     paths = []
     for i, prompt in enumerate(prompts):
         kw = dict(negative_prompt=a.negative, steps=a.steps, guidance_scale=a.guidance, sampler=a.sampler, eta=a.eta,
@@ -79,8 +109,9 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
         if a.height: kw['height'] = a.height
         if a.width: kw['width'] = a.width
         img = sd.generate(prompt, **kw)[0]
-        p = out/f"{i:03d}_seed{a.seed + i}.png"
-        img.save(p); paths.append(p); print(p, flush=True)
+        p = out/f"{first + i:03d}_seed{a.seed + i}.png"
+        with atomic_write(p, overwrite=a.overwrite) as tmp: img.save(tmp, format='PNG')   # whole file or nothing
+        paths.append(p); print(p, flush=True)
     return paths
 
 # %% ../nbs/09_cli.ipynb #686a6d61
@@ -114,7 +145,7 @@ def main(argv:list|None=None):
     a = p.parse_args(argv)
     try:
         generate_main(a) if a.command == 'generate' else train_main(a)   # (the console script exits 0: nothing returned)
-    except (ValueError, OSError) as e:          # bad input, missing or existing files: one line, no traceback
+    except (ValueError, OSError, FloatingPointError) as e:   # bad input, files, a diverged run: one line, no traceback
         p.exit(2, f"sd_scratch {a.command}: error: {e}\n")
 
 # %% ../nbs/09_cli.ipynb #57352f1e

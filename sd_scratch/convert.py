@@ -202,12 +202,15 @@ def _torch_load_weights_only(path:Path) -> dict:
         try: names = [n for n in torch.serialization.get_unsafe_globals_in_checkpoint(path)
                       if n not in {name for _, name in (g for g in _harmless_globals() if isinstance(g, tuple))}]
         except Exception: names = []
+        if not names:                                  # nothing it would have to import: the bytes are not a checkpoint at all
+            raise CheckpointError(f"{path} is not a PyTorch checkpoint (neither a torch zip file nor a pickle of tensors): "
+                                  "truncated, corrupt, or another kind of file") from None
         raise CheckpointError(
-            f"{path} refers to Python objects that loading would have to create or call: {', '.join(names) or '(see below)'}. "
+            f"{path} refers to Python objects that loading would have to create or call: {', '.join(names)}. "
             "sd_scratch only loads checkpoints with torch.load(weights_only=True), which never runs code from the file, "
             "and it will not fall back to full unpickling (a .ckpt can run any program when unpickled). "
             "If you trust where the file comes from, convert it to .safetensors with a tool you trust; better, get the "
-            f".safetensors version of the model.\n  torch said: {str(e).splitlines()[0]}") from None
+            ".safetensors version of the model.") from None
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"could not read {path} as a PyTorch checkpoint (truncated or corrupt download?): {e}") from None
 
@@ -278,9 +281,11 @@ def nets_from_ldm(state:dict, # single-file tensors (key -> tensor)
                               + _fmt('missing keys', missing) + _fmt('unexpected keys', unexpected)
                               + _fmt('shape mismatches (file vs model)', shapes) + hint)
     if 'alphas_cumprod' in state:   # the file remembers the noise schedule it was trained with: it must be ours
-        ours = NoiseSchedule(**cfg.schedule).alphas_cumprod
-        theirs = state['alphas_cumprod'].float()
-        if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=2e-3, atol=1e-5):   # float16 files round it
+        stored = state['alphas_cumprod']
+        theirs = stored.float()
+        ours = NoiseSchedule(**cfg.schedule).alphas_cumprod.to(stored.dtype).float()   # compared at the precision it was stored in
+        tol = torch.finfo(stored.dtype).eps if stored.is_floating_point() else 1e-6
+        if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=2 * tol, atol=1e-6):
             raise CheckpointError(f"{what} was trained with another noise schedule than {cfg.schedule}; pass it in config.schedule")
     parts = {comp: {} for comp in ('text', 'vae', 'unet')}
     for ldm, (comp, ours, _) in kmap.items():
@@ -360,6 +365,14 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
     if not root.is_dir(): raise FileNotFoundError(f"diffusers folder not found: {root}")
     lacking = [d for d in ('unet', 'vae', 'text_encoder') if not (root/d/'config.json').exists()]
     if lacking: raise FileNotFoundError(f"{root} is not a diffusers folder: no config.json in {', '.join(d + '/' for d in lacking)}")
+    schedule = NoiseSchedule()
+    if (p := root/'scheduler'/'scheduler_config.json').exists():
+        c = _read_json(p)
+        if c.get('prediction_type', 'epsilon') != 'epsilon':
+            raise CheckpointError(f"{p}: this model was trained to predict {c['prediction_type']!r} (as SD 2.x 768-v models are); "
+                                  "sd_scratch's samplers use noise ('epsilon') prediction, the SD 1.x kind, only")
+        schedule = NoiseSchedule(c.get('num_train_timesteps', 1000), c.get('beta_start', 0.00085), c.get('beta_end', 0.012),
+                                 c.get('beta_schedule', 'scaled_linear'))
     st = lambda base: [f'{base}.safetensors', f'{base}.fp16.safetensors']
     unet = unet_from_diffusers(_folder_weights(root/'unet', st('diffusion_pytorch_model') + ['diffusion_pytorch_model.bin']),
                                unet_config_from_diffusers(_read_json(root/'unet'/'config.json')))
@@ -367,11 +380,4 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
                              vae_config_from_diffusers(_read_json(root/'vae'/'config.json')))
     text_cfg = CLIPTextConfig.from_transformers(transformers.CLIPTextConfig.from_json_file(str(root/'text_encoder'/'config.json')))
     text = clip_from_transformers(_folder_weights(root/'text_encoder', st('model') + ['pytorch_model.bin']), text_cfg)
-    schedule = NoiseSchedule()
-    if (p := root/'scheduler'/'scheduler_config.json').exists():
-        c = _read_json(p)
-        if c.get('prediction_type', 'epsilon') != 'epsilon':
-            raise NotImplementedError(f"{p}: prediction_type {c['prediction_type']!r}; sd_scratch's UNet predicts noise ('epsilon') only")
-        schedule = NoiseSchedule(c.get('num_train_timesteps', 1000), c.get('beta_start', 0.00085), c.get('beta_end', 0.012),
-                                 c.get('beta_schedule', 'scaled_linear'))
     return StableDiffusion(CLIPTokenizer(), text.eval(), vae.eval(), unet.eval(), schedule)

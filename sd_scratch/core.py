@@ -4,7 +4,7 @@
 
 # %% ../nbs/00_core.ipynb #af2c3704
 from __future__ import annotations
-import random, math, json, os, tempfile, dataclasses
+import random, math, json, os, tempfile, dataclasses, contextlib
 from dataclasses import dataclass
 from pathlib import Path
 from importlib import resources
@@ -15,9 +15,9 @@ from safetensors.torch import save_file, safe_open
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'default_device', 'seed_everything', 'check_image_tensor', 'image_to_tensor', 'tensor_to_images',
-           'image_grid', 'save_grid', 'show_images', 'asset_path', 'load_state_strict', 'atomic_save_safetensors',
-           'atomic_write_text', 'load_safetensors', 'config_dict', 'save_weights', 'Weights', 'read_weights',
-           'SavesWeights', 'state_and_config']
+           'image_grid', 'save_grid', 'show_images', 'asset_path', 'load_state_strict', 'atomic_write',
+           'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'config_dict', 'save_weights', 'Weights',
+           'read_weights', 'SavesWeights', 'state_and_config']
 
 # %% ../nbs/00_core.ipynb #a1a9423b
 def default_device(prefer:str|None=None # 'cuda', 'mps' or 'cpu' to force one; None picks the best available
@@ -44,6 +44,7 @@ def check_image_tensor(x:torch.Tensor, # tensor to check
     if not isinstance(x, torch.Tensor): raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.ndim not in (3, 4) or x.shape[-3] not in (1, 3, 4):
         raise ValueError(f"{name} must have shape (C, H, W) or (B, C, H, W) with C in (1, 3, 4); got {tuple(x.shape)}")
+    if x.numel() and not torch.isfinite(x).all(): raise ValueError(f"{name} contains NaN or inf values")
     if x.numel() and (x.min() < lo - atol or x.max() > hi + atol):
         raise ValueError(f"{name} values must lie in [{lo}, {hi}]; got min {x.min().item():.3f}, max {x.max().item():.3f}")
     return x
@@ -113,8 +114,9 @@ def save_grid(images, # as for `image_grid`
     if max_side and max(grid.size) > max_side:
         s = max_side / max(grid.size)
         grid = grid.resize((round(grid.width*s), round(grid.height*s)), Image.LANCZOS)
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    grid.save(path, optimize=True)
+    path = Path(path)
+    with atomic_write(path) as tmp:                                # whole file or nothing (see "Writing files" below)
+        grid.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), 'PNG'), optimize=True)
     return path
 
 # %% ../nbs/00_core.ipynb #af0ed700
@@ -167,51 +169,50 @@ def load_state_strict(module:torch.nn.Module, # the module to load into
     return module
 
 # %% ../nbs/00_core.ipynb #8fdc6867
-def _temporary_beside(path:Path) -> str:
-    "The name of a new empty file in `path`'s folder: the same file system, so renaming it onto `path` is atomic."
+@contextlib.contextmanager
+def atomic_write(path, # the file to write
+                 overwrite:bool=True # False: never replace an existing file (not even one that appears while writing)
+                ):
+    "Yield a temporary name beside `path` to write the whole file to; on success it becomes `path` in one atomic step."
+    path = Path(path)
+    if not overwrite and path.exists(): raise FileExistsError(f"{path} already exists; nothing was overwritten")
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix='.tmp')   # same folder: same file system
     os.close(fd)
-    return tmp
-
-def _publish(tmp:str, path:Path):
-    "Flush the finished temporary file to disk, give it the permissions a plain `open` would (mkstemp's are 0600), rename it."
-    with open(tmp, 'rb') as f: os.fsync(f.fileno())              # the bytes are on disk before the rename
-    umask = os.umask(0); os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)                                        # atomic
-
-def atomic_save_safetensors(tensors:dict, # name -> contiguous tensor
-                            path, # the target file
-                            metadata:dict|None=None # str -> str, stored in the header
-                           ) -> Path:
-    "Write `tensors` to `path` so that a crash at any moment leaves either the old file or the new one, never a torn one."
-    path = Path(path); tmp = _temporary_beside(path)
     try:
-        save_file(tensors, tmp, metadata=metadata)
-        _publish(tmp, path)
+        yield tmp
+        with open(tmp, 'rb') as f: os.fsync(f.fileno())          # the bytes are on disk before the rename
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)                            # the permissions a plain open() gives (mkstemp's are 0600)
+        if overwrite: os.replace(tmp, path)                      # atomic
+        else:
+            try: os.link(tmp, path)                              # atomic, and fails if `path` exists
+            except FileExistsError: raise FileExistsError(f"{path} already exists; nothing was overwritten") from None
+            os.remove(tmp)
     except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
+        if os.path.exists(tmp): os.remove(tmp)                   # a failed write leaves nothing behind
         raise
     try:                                                         # make the rename itself durable (POSIX)
         dfd = os.open(path.parent, os.O_RDONLY)
         try: os.fsync(dfd)
         finally: os.close(dfd)
     except OSError: pass
-    return path
+
+def atomic_save_safetensors(tensors:dict, # name -> contiguous tensor
+                            path, # the target file
+                            metadata:dict|None=None # str -> str, stored in the header
+                           ) -> Path:
+    "Write `tensors` to `path` so that a crash at any moment leaves either the old file or the new one, never a torn one."
+    with atomic_write(path) as tmp: save_file(tensors, tmp, metadata=metadata)
+    return Path(path)
 
 def atomic_write_text(path, # the target file
-                      text:str # its whole new content
+                      text:str, # its whole new content
+                      overwrite:bool=True # False: refuse if the file exists
                      ) -> Path:
-    "Write a text file (a config, a log) the same way: a temporary name in the same folder, then an atomic rename."
-    path = Path(path); tmp = _temporary_beside(path)
-    try:
-        with open(tmp, 'w') as f: f.write(text)
-        _publish(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp): os.remove(tmp)
-        raise
-    return path
+    "Write a text file (a config, a log) the same way."
+    with atomic_write(path, overwrite) as tmp, open(tmp, 'w') as f: f.write(text)
+    return Path(path)
 
 def load_safetensors(path, # a .safetensors file
                      device='cpu' # where the tensors go

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_cfg.ipynb #07da372f
 from __future__ import annotations
-import math
+import math, os
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
@@ -117,6 +117,18 @@ class StableDiffusion:
         if height % m or width % m or height < m or width < m:
             raise ValueError(f"height and width must be positive multiples of {m}; got {height}x{width}")
 
+    def _check_memory(self, B:int, height:int, width:int):
+        "Refuse a size whose decoding could not fit in this machine's memory (the VAE decoder's last level, float32), with the numbers."
+        need = B * self.vae.cfg.block_out_channels[0] * height * width * 4 * 3   # its input, output and one temporary at full size
+        dev = self.device
+        if dev.type == 'cuda': have = torch.cuda.mem_get_info(dev)[0]
+        else:
+            try: have = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
+            except (ValueError, OSError, AttributeError): return       # unknown: do not guess
+        if need > have:
+            raise ValueError(f"{B} image(s) of {height}x{width} need about {need / 1e9:,.1f} GB to decode, but {have / 1e9:,.1f} GB "
+                             f"are free on {dev.type}: use a smaller size or batch")
+
     def _randn(self, shape, generator):
         gen_dev = generator.device if generator is not None else self.device
         return torch.randn(shape, generator=generator, device=gen_dev, dtype=self.dtype).to(self.device)
@@ -144,6 +156,13 @@ class StableDiffusion:
         if len(negs) == 1: negs = negs * B
         if len(negs) != B: raise ValueError(f"got {len(negs)} negative prompts for {B} prompts")
         if output_type not in ('pil', 'pt', 'np'): raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
+        for name, v in (('guidance_scale', guidance_scale), ('eta', eta), ('strength', strength)):
+            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+                raise ValueError(f"{name} must be a finite number, got {v!r}")
+        if abs(guidance_scale) > 1000: raise ValueError(f"guidance_scale={guidance_scale} is far outside any useful range (SD uses 1-15); "
+                                                        "the guided prediction would overflow")
+        if eta < 0: raise ValueError(f"eta must be >= 0, got {eta}")
+        if latents is not None and not torch.isfinite(latents).all(): raise ValueError("latents contain NaN or inf")
         if (height is None) != (width is None): raise ValueError("give both height and width, or neither")
         if latents is not None and init_image is not None: raise ValueError("pass either latents (text-to-image) or init_image (image-to-image), not both")
         smp = self.make_sampler(sampler, steps, eta)     # checks steps >= 1
@@ -169,6 +188,7 @@ class StableDiffusion:
         else:                                              # text-to-image from pure noise
             height, width = height or self.default_size, width or self.default_size
             self._check_size(height, width)
+            self._check_memory(B, height, width)
             z = self._randn((B, self.latent_channels, height // f, width // f), generator)
 
         it = timesteps
@@ -179,7 +199,11 @@ class StableDiffusion:
             eps = self.guided_eps(z, t, context, guidance_scale)
             z, x0 = smp.step(eps, t, z, generator=generator, return_x0=True)
             if callback is not None: callback(i, t, z, x0)
-        return _to_output(self.vae.decode((z / self.scaling_factor).to(self.vae_dtype)), output_type)
+        x = self.vae.decode((z / self.scaling_factor).to(self.vae_dtype))
+        if not torch.isfinite(x).all():                    # never a black image that looks like a result
+            raise FloatingPointError("the sample is not finite (NaN or inf): the model's weights or the inputs are broken, or "
+                                     f"the guidance scale ({guidance_scale}) is too large for this model")
+        return _to_output(x, output_type)
 
 # %% ../nbs/06_cfg.ipynb #acf72d19
 def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports

@@ -342,8 +342,9 @@ def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in t
     loss = (total / cfg.grad_accum_steps).item()                   # one sync per optimizer step
     if not math.isfinite(loss):
         optimizer.zero_grad(set_to_none=True)
-        raise FloatingPointError(f"loss is {loss} at step {step}: training stopped before the weights were updated "
-                                 f"(lower lr={lr:.3g}, check the data, or resume from the last checkpoint)")
+        raise FloatingPointError(f"loss is {loss} at step {step}: training diverged and stopped before the weights were updated; "
+                                 f"the last checkpoint is kept as it was. Resuming it with the same settings will most likely "
+                                 f"diverge again: lower the learning rate (lr={lr:.3g} at this step) or check the data, and start again")
     params = [p for p in model.parameters() if p.grad is not None]
     grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.grad_clip if cfg.grad_clip > 0 else float('inf')).item()
     optimizer.step()
@@ -487,6 +488,9 @@ class Trainer:
         self.barrier()
         if self.is_main:
             tensors, meta = self.checkpoint_state()
+            bad = [k for k, v in tensors.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+            if bad: raise FloatingPointError(f"step {self.step}: {len(bad)} weight tensors are not finite (e.g. {bad[0]}); the "
+                                             f"checkpoint was not written, so {path} still holds the last finite state")
             atomic_save_safetensors(tensors, path, meta)
         self.barrier()
         return path
