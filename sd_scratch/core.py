@@ -15,11 +15,14 @@ from safetensors.torch import save_file, safe_open
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'default_device', 'seed_everything', 'check_image_tensor', 'image_to_tensor', 'tensor_to_images',
-           'image_grid', 'save_grid', 'show_images', 'asset_path', 'load_state_strict', 'atomic_write',
+           'image_grid', 'save_grid', 'figure_dir', 'show_images', 'asset_path', 'load_state_strict', 'atomic_write',
            'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'config_dict', 'save_weights', 'Weights',
            'read_weights', 'SavesWeights', 'state_and_config']
 
 # %% ../nbs/00_core.ipynb #a1a9423b
+if os.environ.get('IN_TEST') and 'OMP_NUM_THREADS' not in os.environ:   # under nbdev_test, one worker per core runs a notebook:
+    torch.set_num_threads(max(1, (os.cpu_count() or 1) // min(os.cpu_count() or 1, 8)))   # share the cores, do not fight over them
+
 def default_device(prefer:str|None=None # 'cuda', 'mps' or 'cpu' to force one; None picks the best available
                   ) -> torch.device:
     "The device to run on: CUDA if present, else Apple `mps`, else the CPU."
@@ -119,6 +122,16 @@ def save_grid(images, # as for `image_grid`
         grid.save(tmp, format=Image.registered_extensions().get(path.suffix.lower(), 'PNG'), optimize=True)
     return path
 
+# %% ../nbs/00_core.ipynb #df30dee0
+def figure_dir() -> Path:
+    "Where a lesson saves its figures: the repo's `images/` only if SD_SCRATCH_SAVE_FIGURES=1, else a temporary folder."
+    if os.environ.get('SD_SCRATCH_SAVE_FIGURES') == '1':
+        d = Path(__file__).resolve().parents[1]/'images'          # an editable install: the repo's images/
+        if not d.is_dir(): raise FileNotFoundError(f"SD_SCRATCH_SAVE_FIGURES=1 but {d} is not a folder: run from a clone of the repo")
+        return d
+    d = Path(tempfile.gettempdir())/'sd_scratch_figures'; d.mkdir(exist_ok=True)
+    return d
+
 # %% ../nbs/00_core.ipynb #af0ed700
 def show_images(images, # (B, C, H, W) tensor in [-1, 1], or list of PIL images / tensors
                 titles:list|None=None, # one title per image
@@ -188,7 +201,10 @@ def atomic_write(path, # the file to write
         else:
             try: os.link(tmp, path)                              # atomic, and fails if `path` exists
             except FileExistsError: raise FileExistsError(f"{path} already exists; nothing was overwritten") from None
-            os.remove(tmp)
+            except OSError:                                      # a file system without hard links (exFAT, some mounts):
+                if path.exists(): raise FileExistsError(f"{path} already exists; nothing was overwritten") from None
+                os.replace(tmp, path)                            # checked, then atomic (a race of microseconds remains)
+            if os.path.exists(tmp): os.remove(tmp)
     except BaseException:
         if os.path.exists(tmp): os.remove(tmp)                   # a failed write leaves nothing behind
         raise

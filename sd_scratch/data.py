@@ -11,7 +11,7 @@ from .core import image_to_tensor
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'SIZES', 'IMAGE_EXTS', 'render_shape', 'make_caption', 'caption_vocabulary', 'all_captions',
-           'ShapesDataset', 'iter_image_folder', 'iter_tar_shards', 'resize_center_crop', 'ShardStats',
+           'ShapesDataset', 'ShardStats', 'iter_image_folder', 'iter_tar_shards', 'resize_center_crop',
            'write_image_shards', 'encode_latent_shards', 'LatentShardDataset']
 
 # %% ../nbs/00a_data.ipynb #9d00a7db
@@ -146,45 +146,159 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __repr__(self): return f"ShapesDataset(n={self.n}, size={self.size}, seed={self.seed})"
 
 # %% ../nbs/00a_data.ipynb #3ec7bcad
-import io, json, os, tarfile, warnings
-from dataclasses import dataclass, asdict
+import contextlib, io, json, lzma, os, random, tarfile, warnings, zlib
+from collections import Counter
+from dataclasses import dataclass, asdict, fields
 from pathlib import Path
 from PIL import UnidentifiedImageError
 from tqdm.auto import tqdm
 import webdataset as wds
+from .core import atomic_write
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')   # file suffixes read as images
 
-# %% ../nbs/00a_data.ipynb #53c013c8
-def iter_image_folder(folder # a folder of images, each with a same-named .txt caption (and optionally a .json of metadata)
-                     ):
-    "Yield `(key, image_bytes, caption, meta)` for every image in `folder` (recursively), sorted by path."
-    folder = Path(folder)
-    if not folder.is_dir(): raise NotADirectoryError(f"{folder} is not a folder of images")
-    for p in sorted(q for q in folder.rglob('*') if q.suffix.lower() in IMAGE_EXTS):
-        txt, meta = p.with_suffix('.txt'), p.with_suffix('.json')
-        caption = txt.read_text(errors='replace').strip() if txt.exists() else None
-        try: m = json.loads(meta.read_text()) if meta.exists() else {}
-        except ValueError: m = {}
-        yield str(p.relative_to(folder).with_suffix('')).replace(os.sep, '_'), p.read_bytes(), caption, m
+# %% ../nbs/00a_data.ipynb #3d4ff509
+@dataclass
+class ShardStats:
+    "What happened to each input sample: every sample read (`seen`) is written or skipped for exactly one counted reason."
+    seen:int = 0          # samples read
+    written:int = 0       # samples written
+    unreadable:int = 0    # no image, or image bytes that cannot be read or decoded
+    too_small:int = 0     # short side below min_size
+    low_score:int = 0     # metadata score below min_score
+    no_caption:int = 0    # no (or an empty) caption
+    bad_caption:int = 0   # a caption that is not UTF-8
+    bad_meta:int = 0      # metadata that is not a JSON object
+    duplicate_key:int = 0 # a second image under a key already written (x.jpg and x.png beside one x.txt)
+    bad_shards:int = 0    # damaged input tar shards (each named in a warning; the samples before the damage are read)
 
-def iter_tar_shards(paths # img2dataset / WebDataset tar files: KEY.jpg (or .png/.webp), KEY.txt, KEY.json
-                   ):
-    "Yield `(key, image_bytes, caption, meta)` for every sample of the tar shards, in order."
-    for path in paths:
-        groups = {}
+    @property
+    def skipped(self) -> int:
+        "Samples read but not written."
+        return sum(getattr(self, f.name) for f in fields(self) if f.name not in ('seen', 'written', 'bad_shards'))
+
+    def _add(self, other:ShardStats):
+        for f in fields(self): setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+
+    def __str__(self): return ', '.join(f"{k} {v}" for k, v in asdict(self).items() if v or k in ('seen', 'written'))
+
+def _escape_key(name:str, # a file path relative to its folder, without extension, '/'-separated
+                full:bool=True # escape '%' too, so that distinct names keep distinct keys
+               ) -> str:
+    "A sample key that WebDataset reads back as written: '.' (a key ends at its first dot) and a leading '_' of a folder or file name ('__x__' folders are skipped as metadata) percent-escaped."
+    if full: name = name.replace('%', '%25')
+    name = name.replace('.', '%2E')
+    return '/'.join('%5F' + c[1:] if c.startswith('_') else c for c in name.split('/'))
+
+def _split_member(name:str) -> tuple:
+    "A tar member name -> (sample key, extension) by WebDataset's rule: the key ends at the first dot of the last path component."
+    folder, _, base = name.rpartition('/')
+    stem, dot, ext = base.partition('.')
+    if not (stem and dot): return None, None                     # no extension: not part of a sample
+    return (f"{folder}/{stem}" if folder else stem), ext.lower()
+
+def _read_tar(path) -> tuple:
+    "The samples of one tar shard as `{key: [(ext, bytes), ...]}`, and None, or why it could not be read to its end (then the samples before the damage are kept and the one being read is left out: it may be incomplete)."
+    groups, last, opened = {}, None, False
+    try:
         with tarfile.open(path) as tar:
+            opened = True
             for m in tar:
                 if not m.isfile(): continue
-                key, _, ext = m.name.partition('.')
-                groups.setdefault(key, {})[ext.lower()] = tar.extractfile(m).read()
-        for key, g in groups.items():
-            img = next((g[e] for e in ('jpg', 'jpeg', 'png', 'webp') if e in g), None)
-            if img is None: continue
-            caption = g['txt'].decode('utf-8', 'replace').strip() if 'txt' in g else None
-            try: meta = json.loads(g['json']) if 'json' in g else {}
-            except ValueError: meta = {}
-            yield f"{Path(path).stem}_{Path(key).name}", img, caption, meta
+                key, ext = _split_member(m.name)
+                if key is None: continue
+                last = key
+                groups.setdefault(key, []).append((ext, tar.extractfile(m).read()))
+            if isinstance(tar.fileobj, io.BufferedReader) and os.path.getsize(path) < tar.offset + 2 * tarfile.BLOCKSIZE:
+                raise tarfile.ReadError("it ends without the end-of-archive marker: truncated")   # cut between two members
+    except (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError) as e:
+        groups.pop(last, None)
+        why = "not a tar file, or an empty one" if not opened and isinstance(e, tarfile.ReadError) else (str(e).splitlines() or [type(e).__name__])[0]
+        return groups, why
+    return groups, None
+
+def _warn_damaged(path, why:str, kept:int):
+    warnings.warn(f"{path}: damaged tar shard ({why}); " +
+                  (f"read the {kept} complete sample{'s' if kept != 1 else ''} before the damage, skipped the rest" if kept else "no sample could be read from it"))
+
+def _os_error(e:OSError, message:str) -> OSError:
+    "An OSError of the same kind as `e` (same errno) with a message that names the file and says what was kept."
+    return OSError(e.errno, message) if e.errno is not None else type(e)(message)
+
+# %% ../nbs/00a_data.ipynb #53c013c8
+_TAR_IMAGE_EXTS = tuple(e[1:] for e in IMAGE_EXTS)              # extensions of images inside tar shards
+_DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)   # what PIL raises on bad bytes
+
+def _folder_files(folder:Path) -> tuple:
+    "(image paths sorted by path, .tar paths sorted) under `folder`, recursively (symlinked folders are not followed)."
+    images, tars = [], []
+    for root, _, names in os.walk(folder):
+        for n in names:
+            suffix = os.path.splitext(n)[1].lower()
+            if suffix in IMAGE_EXTS: images.append(Path(root, n))
+            elif suffix == '.tar': tars.append(Path(root, n))
+    return sorted(images), sorted(tars)
+
+def _read_caption(data:bytes) -> str:
+    "A caption's text, stripped; UnicodeDecodeError if it is not UTF-8 (a byte-order mark is allowed)."
+    return data.decode('utf-8-sig').strip()
+
+def _read_meta(data:bytes) -> dict:
+    "Metadata as a dict; ValueError if it is not a JSON object."
+    m = json.loads(data.decode('utf-8-sig'))
+    if not isinstance(m, dict): raise ValueError(f"metadata must be a JSON object, got {type(m).__name__}")
+    return m
+
+def _folder_samples(folder:Path, images:list, stats:ShardStats):
+    "`(key, image_bytes, caption, meta)` for each image of `images` (paths under `folder`); the ones that cannot be read are counted in `stats`."
+    for p in images:
+        stats.seen += 1
+        txt, meta = p.with_suffix('.txt'), p.with_suffix('.json')
+        try: caption = _read_caption(txt.read_bytes()) if txt.is_file() else None
+        except (UnicodeDecodeError, OSError): stats.bad_caption += 1; continue
+        try: m = _read_meta(meta.read_bytes()) if meta.is_file() else {}
+        except (ValueError, OSError): stats.bad_meta += 1; continue
+        try: data = p.read_bytes()
+        except OSError: stats.unreadable += 1; continue                # a broken link, no permission
+        yield _escape_key(p.relative_to(folder).with_suffix('').as_posix()), data, caption, m
+
+def _tar_samples(path:Path, stats:ShardStats):
+    "`(key, image_bytes, caption, meta)` for each sample of one tar shard, keys as in the shard; problems counted in `stats`, a damaged shard named in a warning."
+    groups, why = _read_tar(path)
+    if why: stats.bad_shards += 1; _warn_damaged(path, why, len(groups))
+    for key, members in groups.items():
+        files = dict(members)
+        images = [d for e, d in members if e in _TAR_IMAGE_EXTS] or [None]   # two images under one key: both go on, the writer counts the second
+        stats.seen += len(images)
+        if images[0] is None: stats.unreadable += 1; continue
+        try: caption = _read_caption(files['txt']) if 'txt' in files else None
+        except UnicodeDecodeError: stats.bad_caption += len(images); continue
+        try: meta = _read_meta(files['json']) if 'json' in files else {}
+        except ValueError: stats.bad_meta += len(images); continue
+        for d in images: yield _escape_key(key, full=False), d, caption, meta
+
+def iter_image_folder(folder, # a folder of images, each with a same-named .txt caption (and optionally a .json of metadata)
+                      stats:ShardStats|None=None # counts the samples read and skipped (None: skipped ones are summed up in a warning)
+                     ):
+    "Yield `(key, image_bytes, caption, meta)` for every image in `folder` (recursively), sorted by path. The key is the relative path without extension, escaped (`sub/my.photo.jpg` -> `sub/my%2Ephoto`); caption is None without a .txt; a sample whose caption is not UTF-8 or whose metadata is not a JSON object is skipped and counted."
+    folder = Path(folder)
+    if not folder.is_dir(): raise NotADirectoryError(f"{folder} is not a folder of images")
+    st = ShardStats() if stats is None else stats
+    yield from _folder_samples(folder, _folder_files(folder)[0], st)
+    if stats is None and st.skipped: warnings.warn(f"{folder}: skipped {st.skipped} of {st.seen} samples ({st})")
+
+def iter_tar_shards(paths, # img2dataset / WebDataset tar files: KEY.jpg (or .png/.webp), KEY.txt, KEY.json
+                    stats:ShardStats|None=None # counts the samples read and skipped (None: skipped ones are summed up in a warning)
+                   ):
+    "Yield `(key, image_bytes, caption, meta)` for every sample of the tar shards, in order, keyed `{shard name}_{key in the shard}`. A sample without an image, or whose caption is not UTF-8, is skipped and counted; a damaged shard is named in a warning and read up to the damage."
+    paths = [Path(paths)] if isinstance(paths, (str, os.PathLike)) else [Path(p) for p in paths]
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing: raise FileNotFoundError(f"shards not found: {missing[:5]}")
+    st = ShardStats() if stats is None else stats
+    for path in paths:
+        prefix = _escape_key(path.stem)
+        for key, data, caption, meta in _tar_samples(path, st): yield f"{prefix}_{key}", data, caption, meta
+    if stats is None and st.skipped: warnings.warn(f"{len(paths)} shards: skipped {st.skipped} of {st.seen} samples ({st})")
 
 # %% ../nbs/00a_data.ipynb #5e4fb67e
 def resize_center_crop(img:Image.Image, # any mode; converted to RGB
@@ -199,57 +313,116 @@ def resize_center_crop(img:Image.Image, # any mode; converted to RGB
     left, top = (nw - size) // 2, (nh - size) // 2
     return img.crop((left, top, left + size, top + size))
 
-@dataclass
-class ShardStats:
-    "What happened to each input sample."
-    seen:int = 0          # samples read
-    written:int = 0       # samples written
-    unreadable:int = 0    # image bytes PIL could not decode
-    too_small:int = 0     # short side below min_size
-    low_score:int = 0     # metadata score below min_score
-    no_caption:int = 0    # no (or an empty) caption
-    def __str__(self): return ', '.join(f"{k} {v}" for k, v in asdict(self).items())
+class _ShardSink:
+    "Tar shards 00000.tar, 00001.tar, ... of `maxcount` samples each in `out`; each is written under a temporary name and appears under its own only when complete."
+    def __init__(self, out:Path, maxcount:int): self.out, self.maxcount, self.shard, self.count, self._stack = out, maxcount, 0, 0, None
+
+    @property
+    def path(self) -> Path: return self.out/f"{self.shard:05d}.tar"   # the shard being (or next to be) written
+
+    def write(self, sample:dict):
+        if self._stack is None:
+            with contextlib.ExitStack() as stack:
+                f = stack.enter_context(open(stack.enter_context(atomic_write(self.path, overwrite=False)), 'wb'))
+                self._tar = wds.TarWriter(f); stack.callback(self._tar.close)
+                self._stack = stack.pop_all()                    # kept open until the shard is full
+        self._tar.write(sample); self.count += 1
+        if self.count == self.maxcount: self.close()
+
+    def close(self):
+        "Finish the shard being written: it appears under its name."
+        if self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.close(); self.shard += 1; self.count = 0
+
+    def __enter__(self): return self
+    def __exit__(self, *exc):
+        if exc[0] is None: self.close()
+        elif self._stack is not None:
+            stack, self._stack = self._stack, None
+            stack.__exit__(*exc)                                 # the unfinished shard's temporary file is removed
+
+def _image_source(source) -> tuple:
+    "('images', folder, image paths) or ('tars', folder or None, tar paths): what `source` holds."
+    if isinstance(source, (str, os.PathLike)) and Path(source).is_dir():
+        folder = Path(source)
+        images, tars = _folder_files(folder)
+        if images and tars:
+            raise ValueError(f"{folder} holds {len(images)} images and {len(tars)} .tar files (e.g. {tars[0].relative_to(folder)}): a source folder "
+                             "holds image + caption pairs or tar shards, not both. Move the .tar files out, or pass the shards as a list of paths")
+        if not images and not tars: raise FileNotFoundError(f"{folder} holds no images ({', '.join(IMAGE_EXTS)}) and no .tar shards")
+        kind, folder, paths = ('images', folder, images) if images else ('tars', folder, tars)
+    else:
+        kind, folder, paths = 'tars', None, [Path(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
+        if not paths: raise ValueError("no source shards given")
+        missing = [str(p) for p in paths if not p.exists()]
+        if missing: raise FileNotFoundError(f"shards not found: {missing[:5]}")
+    if kind == 'tars':
+        twice = [s for s, n in Counter(p.stem for p in paths).items() if n > 1]
+        if twice: raise ValueError(f"several source shards are named {twice[:5]}: their samples would get the same keys; rename them")
+    return kind, folder, paths
+
+def _output_folder(out_dir, kind:str, folder, paths:list, overwrite:bool) -> Path:
+    "`out_dir`, checked and ready for new shards (see `write_image_shards`)."
+    out = Path(out_dir); o = out.resolve()
+    if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out} is a file, not a folder for shards")
+    if kind == 'images' and (o == folder.resolve() or folder.resolve() in o.parents):
+        raise ValueError(f"{out} is inside the source folder {folder}: the shards would mix with the images they are made from; write them elsewhere")
+    if kind == 'tars' and o in {p.parent.resolve() for p in paths}:
+        raise ValueError(f"{out} holds source shards: new shards would replace or mix with them; write them elsewhere")
+    old = sorted(out.iterdir()) if out.is_dir() else []
+    if old and not overwrite:
+        raise FileExistsError(f"{out} is not empty ({len(old)} entr{'y' if len(old) == 1 else 'ies'}: {', '.join(p.name for p in old[:3])}{', ...' if len(old) > 3 else ''}); new shards "
+                              "would mix with them, since a reader takes every .tar in a folder. Pass overwrite=True to delete its .tar files first, or write to an empty folder")
+    for p in old:                                                # overwrite=True: the old shards and leftover temporary files go
+        if p.is_file() and (p.suffix == '.tar' or (p.name.startswith('.') and p.suffix == '.tmp')): p.unlink()
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
 # %% ../nbs/00a_data.ipynb #87fd0932
 def write_image_shards(source, # a folder of image + .txt pairs, a folder of .tar shards, or a list of .tar paths
-                       out_dir, # where 00000.tar, 00001.tar, ... go
+                       out_dir, # where 00000.tar, 00001.tar, ... go: a new or empty folder (see `overwrite`)
                        size:int=512, # training resolution: resize the short side, centre-crop to size x size
                        min_size:int|None=None, # skip images whose short side is smaller (default: size, no upscaling)
                        score_key:str='aesthetic', # metadata field to filter on, when the sample has it
                        min_score:float|None=None, # skip samples whose score is below this (None: no filter)
                        samples_per_shard:int=1000, # samples per output tar
                        quality:int=95, # JPEG quality of the written images
-                       progress:bool=True # tqdm bar
+                       progress:bool=True, # tqdm bar
+                       overwrite:bool=False # out_dir may hold files: delete its .tar shards first (False: a non-empty out_dir is refused)
                       ) -> ShardStats:
-    "Turn image-caption pairs into WebDataset shards (`KEY.jpg`, `KEY.txt`, `KEY.json`) at one resolution; bad samples are counted, never raised."
+    """Turn image-caption pairs into WebDataset shards (`KEY.jpg`, `KEY.txt`, `KEY.json`) at one resolution.
+    A source folder holds images with captions (read recursively) or .tar shards, never both: a folder with both is refused.
+    Bad samples are skipped and counted (`seen == written + skipped`), a damaged input shard is named in a warning and read up to the damage.
+    Each shard is written under a temporary name and renamed when complete: a failure leaves only complete shards."""
     if not isinstance(size, int) or size < 8: raise ValueError(f"size must be an int >= 8, got {size!r}")
-    if samples_per_shard < 1: raise ValueError(f"samples_per_shard must be >= 1, got {samples_per_shard}")
+    if not isinstance(samples_per_shard, int) or samples_per_shard < 1: raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
     min_size = size if min_size is None else min_size
-    if isinstance(source, (str, Path)) and Path(source).is_dir() and not any(Path(source).glob('*.tar')): samples = iter_image_folder(source)
-    else:
-        paths = sorted(Path(source).glob('*.tar')) if isinstance(source, (str, Path)) and Path(source).is_dir() else [Path(p) for p in (source if isinstance(source, (list, tuple)) else [source])]
-        missing = [str(p) for p in paths if not p.exists()]
-        if missing: raise FileNotFoundError(f"shards not found: {missing[:5]}")
-        samples = iter_tar_shards(paths)
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
-    stats = ShardStats()
-    with warnings.catch_warnings(), wds.ShardWriter(str(out/'%05d.tar'), maxcount=samples_per_shard, verbose=0) as sink:
-        warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-        for key, data, caption, meta in tqdm(samples, desc='image shards', disable=not progress, leave=False):
-            stats.seen += 1
-            if not caption: stats.no_caption += 1; continue
-            score = meta.get(score_key)
-            if min_score is not None and isinstance(score, (int, float)) and score < min_score: stats.low_score += 1; continue
-            try:
-                with Image.open(io.BytesIO(data)) as im:
-                    if min(im.size) < min_size: stats.too_small += 1; continue
-                    img = resize_center_crop(im, size)          # decodes: a truncated file fails here
-            except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError):
-                stats.unreadable += 1; continue
-            buf = io.BytesIO(); img.save(buf, format='JPEG', quality=quality)
-            sink.write({'__key__': key, 'jpg': buf.getvalue(), 'txt': caption.encode(),
-                        'json': json.dumps(meta).encode()})
-            stats.written += 1
+    kind, folder, paths = _image_source(source)
+    out = _output_folder(out_dir, kind, folder, paths, overwrite)
+    stats, keys = ShardStats(), set()
+    samples = _folder_samples(folder, paths, stats) if kind == 'images' else iter_tar_shards(paths, stats)
+    sink = _ShardSink(out, samples_per_shard)
+    try:
+        with warnings.catch_warnings(), sink:
+            warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+            for key, data, caption, meta in tqdm(samples, desc='image shards', disable=not progress, leave=False):
+                if not caption: stats.no_caption += 1; continue
+                score = meta.get(score_key)
+                if min_score is not None and isinstance(score, (int, float)) and score < min_score: stats.low_score += 1; continue
+                try:
+                    with Image.open(io.BytesIO(data)) as im:
+                        if min(im.size) < min_size: stats.too_small += 1; continue
+                        img = resize_center_crop(im, size)          # decodes: a truncated file fails here
+                except _DECODE_ERRORS: stats.unreadable += 1; continue
+                if key in keys: stats.duplicate_key += 1; continue   # x.jpg and x.png beside one x.txt: the first one wins
+                keys.add(key)
+                buf = io.BytesIO(); img.save(buf, format='JPEG', quality=quality)
+                sink.write({'__key__': key, 'jpg': buf.getvalue(), 'txt': caption.encode(), 'json': json.dumps(meta).encode()})
+                stats.written += 1
+    except OSError as e:
+        raise _os_error(e, f"could not write the shard {sink.path}: {e.strerror or e}. It was not written (no partial file is left); "
+                           f"the {sink.shard} shards before it are complete") from e
     return stats
 
 # %% ../nbs/00a_data.ipynb #122c7a10
@@ -273,6 +446,18 @@ def _tar_paths(shards) -> list:
 def _npy_bytes(a:np.ndarray) -> bytes:
     buf = io.BytesIO(); np.save(buf, a, allow_pickle=False); return buf.getvalue()
 
+def _decoded_images(path:Path, stats:ShardStats):
+    "`(key, image tensor (3, H, W), caption, meta)` for each usable sample of an image shard; the others are counted in `stats`."
+    keys = set()
+    for key, data, caption, meta in _tar_samples(path, stats):
+        if not caption: stats.no_caption += 1; continue
+        if key in keys: stats.duplicate_key += 1; continue
+        try:
+            with Image.open(io.BytesIO(data)) as im: x = image_to_tensor(im.convert('RGB'))
+        except _DECODE_ERRORS: stats.unreadable += 1; continue
+        keys.add(key)
+        yield key, x, caption, meta
+
 @torch.no_grad()
 def encode_latent_shards(image_shards, # a folder of .tar image shards (from `write_image_shards`) or a list of paths
                          out_dir, # latent shards go here, one per image shard, same name
@@ -281,33 +466,68 @@ def encode_latent_shards(image_shards, # a folder of .tar image shards (from `wr
                          device='cpu', # where the images are sent before `encode`
                          rank:int|None=None, world_size:int|None=None, # this process's share (default: torchrun's env)
                          dtype=torch.float16, # storage dtype of the latents
-                         progress:bool=True
+                         progress:bool=True,
+                         stats:ShardStats|None=None # counts what happened to this rank's samples (skips are also reported in warnings)
                         ) -> list:
-    "Encode every image of this rank's shards (`shards[rank::world_size]`) once; writes `KEY.latent.npy`, `KEY.txt`, `KEY.json`. Returns the paths written."
+    """Encode every image of this rank's shards (`shards[rank::world_size]`) once; writes `KEY.latent.npy`, `KEY.txt`, `KEY.json`. Returns the paths written.
+    Each latent shard is written under a temporary name and renamed when complete; an existing one is kept (a re-run resumes), but latent shards
+    that no image shard maps to are refused. A sample that cannot be read is skipped, counted, and its shard named in a warning."""
     rank, world_size = _rank_world(rank, world_size)
-    mine = _tar_paths(image_shards)[rank::world_size]
-    out = Path(out_dir); out.mkdir(parents=True, exist_ok=True)
+    shards = _tar_paths(image_shards)
+    twice = [n for n, k in Counter(p.name for p in shards).items() if k > 1]
+    if twice: raise ValueError(f"several image shards are named {twice[:5]}: they would be encoded into one latent shard; rename them")
+    out = Path(out_dir)
+    if out.resolve() in {p.parent.resolve() for p in shards}:
+        raise ValueError(f"{out} holds the image shards: latent shards take their names, so they must go to another folder")
+    names = {p.name for p in shards}
+    stale = sorted(p.name for p in out.glob('*.tar') if p.name not in names) if out.is_dir() else []
+    if stale:
+        raise FileExistsError(f"{out} holds {len(stale)} latent shards that none of the {len(shards)} image shards maps to ({', '.join(stale[:3])}"
+                              f"{', ...' if len(stale) > 3 else ''}): a reader would train on them too. Delete them, or write to an empty folder")
+    out.mkdir(parents=True, exist_ok=True)
+    stats = ShardStats() if stats is None else stats
     written = []
-    for path in tqdm(mine, desc=f'latent shards (rank {rank})', disable=not progress, leave=False):
+    for path in tqdm(shards[rank::world_size], desc=f'latent shards (rank {rank})', disable=not progress, leave=False):
         target = out/path.name
         if target.exists(): written.append(target); continue       # done by an earlier (interrupted) run
-        tmp = out/f".{path.name}.rank{rank}.tmp"
-        samples = list(iter_tar_shards([path]))
-        with wds.TarWriter(str(tmp)) as sink:
-            for i in range(0, len(samples), batch_size):
-                chunk = samples[i:i + batch_size]
-                x = torch.stack([image_to_tensor(Image.open(io.BytesIO(d)).convert('RGB')) for _, d, _, _ in chunk])   # (B, 3, H, W)
-                z = encode(x.to(device)).to(dtype).cpu()                                                          # (B, C, H/8, W/8)
-                for (key, _, caption, meta), zi in zip(chunk, z):
-                    sink.write({'__key__': key.split('_', 1)[-1], 'latent.npy': _npy_bytes(zi.numpy()),
-                                'txt': (caption or '').encode(), 'json': json.dumps(meta).encode()})
-        os.replace(tmp, target)                                    # a shard appears whole or not at all
+        st = ShardStats()
+        try:
+            with atomic_write(target, overwrite=False) as tmp, open(tmp, 'wb') as f:   # a shard appears whole or not at all
+                sink = wds.TarWriter(f)
+                try:
+                    samples = _decoded_images(path, st)
+                    while chunk := list(itertools.islice(samples, batch_size)):
+                        shapes = sorted({tuple(x.shape) for _, x, _, _ in chunk})
+                        if len(shapes) > 1: raise ValueError(f"{path}: images of different sizes {shapes}; latents need one resolution (write the image shards with write_image_shards)")
+                        z = encode(torch.stack([x for _, x, _, _ in chunk]).to(device)).to(dtype).cpu()   # (B, 3, H, W) -> (B, C, H/8, W/8)
+                        for (key, _, caption, meta), zi in zip(chunk, z):
+                            sink.write({'__key__': key, 'latent.npy': _npy_bytes(zi.numpy()), 'txt': caption.encode(), 'json': json.dumps(meta).encode()})
+                            st.written += 1
+                finally: sink.close()
+        except OSError as e:
+            raise _os_error(e, f"could not write the latent shard {target}: {e.strerror or e}. It was not written (no partial file is left); "
+                               f"the {len(written)} latent shards before it are complete") from e
+        stats._add(st)
+        if st.skipped: warnings.warn(f"{path}: skipped {st.skipped} of {st.seen} samples ({st})")
         written.append(target)
     return written
 
 # %% ../nbs/00a_data.ipynb #af41e024
+def _latent_samples(paths:list):
+    "`(latent, caption)` for each sample of the latent shards, in order; a damaged shard, or a sample without a readable latent.npy and txt, is skipped with a warning naming its shard."
+    for path in paths:
+        groups, why = _read_tar(path)
+        if why: _warn_damaged(path, why, len(groups))
+        good, bad = [], []
+        for key, members in groups.items():
+            files = dict(members)
+            try: good.append((np.load(io.BytesIO(files['latent.npy']), allow_pickle=False), files['txt'].decode('utf-8')))   # no pickle code runs
+            except (KeyError, ValueError, EOFError, OSError): bad.append(key)   # a UnicodeDecodeError is a ValueError
+        if bad: warnings.warn(f"{path}: skipped {len(bad)} samples without a readable latent.npy and txt ({', '.join(bad[:3])}{', ...' if len(bad) > 3 else ''})")
+        for z, caption in good: yield torch.from_numpy(z).float(), caption
+
 class LatentShardDataset(torch.utils.data.IterableDataset):
-    "Stream `(latent, caption)` from latent shards: each rank (and each DataLoader worker) reads its own shards."
+    "Stream `(latent, caption)` from latent shards: each rank (and each DataLoader worker) reads its own shards; damaged samples are skipped with a warning naming the shard."
     def __init__(self, shards, # a folder of latent shards or a list of paths
                  rank:int|None=None, world_size:int|None=None, # default: torchrun's env
                  shuffle_buffer:int=0, # >0: shuffle samples within a buffer this big
@@ -319,9 +539,9 @@ class LatentShardDataset(torch.utils.data.IterableDataset):
         self.shuffle_buffer, self.seed = shuffle_buffer, seed
 
     def __iter__(self):
-        urls = [str(p) for p in self.paths[self.rank::self.world_size]]
-        ds = wds.WebDataset(urls, shardshuffle=False, nodesplitter=None, empty_check=False)   # worker split: wds default
-        if self.shuffle_buffer: ds = ds.shuffle(self.shuffle_buffer, rng=__import__('random').Random(self.seed + 7919 * self.rank))
-        for s in ds:
-            z = np.load(io.BytesIO(s['latent.npy']), allow_pickle=False)   # no pickle code runs
-            yield torch.from_numpy(z).float(), s['txt'].decode()
+        paths = self.paths[self.rank::self.world_size]
+        worker = torch.utils.data.get_worker_info()
+        if worker is not None and worker.num_workers > 1: paths = paths[worker.id::worker.num_workers]   # each DataLoader worker its own shards
+        samples = _latent_samples(paths)
+        if self.shuffle_buffer: samples = wds.shuffle(self.shuffle_buffer, rng=random.Random(self.seed + 7919 * self.rank))(samples)
+        yield from samples
