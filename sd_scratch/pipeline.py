@@ -30,6 +30,15 @@ def _to_output(x:torch.Tensor, # decoded images (B, 3, H, W), roughly in [-1, 1]
     return [Image.fromarray(i) for i in (a * 255).round().astype(np.uint8)]
 
 # %% ../nbs/06_cfg.ipynb #96c9d3b9
+def _available_memory() -> int|None:
+    "Bytes the system can give a process now (Linux's MemAvailable: free memory plus reclaimable cache); None if unknown."
+    try:
+        for line in open('/proc/meminfo'):
+            if line.startswith('MemAvailable:'): return int(line.split()[1]) * 1024
+    except OSError: pass
+    try: return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')   # free pages only: an underestimate
+    except (ValueError, OSError, AttributeError): return None
+
 class StableDiffusion:
     "Text-to-image and image-to-image with classifier-free guidance, from our CLIP text encoder, VAE and UNet."
     def __init__(self, tokenizer, # `CLIPTokenizer`: list of prompts -> (B, 77) token ids
@@ -123,8 +132,8 @@ class StableDiffusion:
         dev = self.device
         if dev.type == 'cuda': have = torch.cuda.mem_get_info(dev)[0]
         else:
-            try: have = os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')
-            except (ValueError, OSError, AttributeError): return       # unknown: do not guess
+            have = _available_memory()
+            if have is None: return                                    # unknown: do not guess
         if need > have:
             raise ValueError(f"{B} image(s) of {height}x{width} need about {need / 1e9:,.1f} GB to decode, but {have / 1e9:,.1f} GB "
                              f"are free on {dev.type}: use a smaller size or batch")

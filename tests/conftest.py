@@ -4,6 +4,3 @@
 def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: 0 if item.path.name == 'test_sd15_cpu.py' else 1)   # a stable sort: the rest keep their order
 
-
-def pytest_configure(config):
-    config.addinivalue_line('markers', 'slow: minutes of work (the full-size SD 1.x training); CI runs them')
