@@ -8,8 +8,8 @@ import math
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['BETA_SCHEDULES', 'TIMESTEP_SPACINGS', 'cosine_betas', 'NoiseSchedule', 'make_timesteps', 'img2img_timesteps',
-           'Sampler', 'DDPMSampler', 'DDIMSampler']
+__all__ = ['BETA_SCHEDULES', 'TIMESTEP_SPACINGS', 'cosine_betas', 'NoiseSchedule', 'make_timesteps', 'img2img_skip',
+           'img2img_timesteps', 'Sampler', 'DDPMSampler', 'DDIMSampler']
 
 # %% ../nbs/05_ddpm_ddim.ipynb #512f4580
 def cosine_betas(num_train_timesteps:int, # T, the number of training timesteps
@@ -107,23 +107,31 @@ def make_timesteps(num_train_timesteps:int, # T
     return ts
 
 # %% ../nbs/05_ddpm_ddim.ipynb #41408203
+def img2img_skip(num_inference_steps:int, # the denoising steps of a full run
+                 strength:float # in (0, 1]: 1 = start from noise, small = stay close to the init image
+                ) -> int:
+    "How many of the first denoising steps image-to-image skips at `strength` (diffusers' `t_start`): it runs `int(steps * strength)`."
+    if not isinstance(strength, (int, float)) or isinstance(strength, bool) or not 0 < strength <= 1:
+        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
+    if num_inference_steps < 1: raise ValueError("steps must be >= 1")
+    init_steps = min(int(num_inference_steps * strength), num_inference_steps)
+    if init_steps < 1:
+        raise ValueError(f"strength={strength} with {num_inference_steps} steps runs no denoising step (int(steps * strength) = 0); "
+                         "raise strength or steps")
+    return num_inference_steps - init_steps
+
 def img2img_timesteps(timesteps:torch.LongTensor, # a sampler's full descending timesteps
                       strength:float # in (0, 1]: 1 = start from noise, small = stay close to the init image
                      ) -> torch.LongTensor:
     "The tail of `timesteps` that image-to-image runs; its first entry is the timestep the init image is noised to."
-    if not isinstance(strength, (int, float)) or not 0 < strength <= 1:
-        raise ValueError(f"strength must be in (0, 1], got {strength!r}")
-    steps = len(timesteps)
-    if steps < 1: raise ValueError("steps must be >= 1")
-    init_steps = min(int(steps * strength), steps)
-    if init_steps < 1:
-        raise ValueError(f"strength={strength} with {steps} steps runs no denoising step (int(steps * strength) = 0); "
-                         "raise strength or steps")
-    return timesteps[steps - init_steps:]
+    return timesteps[img2img_skip(len(timesteps), strength):]
+
 
 # %% ../nbs/05_ddpm_ddim.ipynb #9a4a3040
 class Sampler:
-    "Bookkeeping shared by `DDPMSampler` and `DDIMSampler`: the schedule, the timesteps, noise, x0 prediction."
+    "What every sampler shares: `timesteps`, `init_noise_sigma`, `scale_model_input`, `start`/`noise_to_start` and `step`."
+    order = 1               # entries of `timesteps` per denoising step (05a's Heun: 2, one per UNet call)
+    init_noise_sigma = 1.0  # the starting noise's standard deviation: z_T ~ N(0, I) here (05a's sigma samplers start wider)
     def __init__(self, schedule:NoiseSchedule, # the forward process the model was trained with
                  num_inference_steps:int=50, # denoising steps
                  timestep_spacing:str='leading', # 'leading' (SD 1.x) or 'trailing'
@@ -134,11 +142,27 @@ class Sampler:
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
         self.timesteps = make_timesteps(schedule.num_train_timesteps, num_inference_steps, timestep_spacing, steps_offset)
         self._ts_list = self.timesteps.tolist()
+        self._begin = 0
 
     def __len__(self): return len(self.timesteps)
     def img2img_timesteps(self, strength:float) -> torch.LongTensor:
         "The timesteps image-to-image runs for this `strength` (see `img2img_timesteps`)."
         return img2img_timesteps(self.timesteps, strength)
+
+    def scale_model_input(self, z:torch.Tensor, t) -> torch.Tensor:
+        "What the UNet is fed at `t`: `z_t` itself here (05a's Euler and Heun divide by sqrt(sigma² + 1))."
+        return z
+
+    def start(self, strength:float=1.0) -> torch.Tensor:
+        "Begin a run; the timesteps to call `step` with, in order: all of them (text-to-image), or the tail image-to-image runs."
+        self._begin = img2img_skip(self.num_inference_steps, strength) * self.order
+        return self.timesteps[self._begin:]
+
+    def noise_to_start(self, x0:torch.Tensor, # clean (scaled) latents
+                       noise:torch.Tensor # N(0, I), same shape
+                      ) -> torch.Tensor:
+        "Image-to-image: clean latents noised to the timestep where the run `start` began."
+        return self.schedule.add_noise(x0, noise, int(self.timesteps[self._begin]))
 
     def _check_t(self, t) -> int:
         t = int(t.item() if isinstance(t, torch.Tensor) else t)
