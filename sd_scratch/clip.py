@@ -12,9 +12,9 @@ from torch import nn
 from .core import asset_path, load_state_strict, SavesWeights, state_and_config
 
 # %% auto #0
-__all__ = ['PRETOKENIZE', 'bytes_to_unicode', 'clean_text', 'symbol_pairs', 'bpe_merge_steps', 'CLIPTokenizer', 'CLIPTextConfig',
-           'attention_allowed', 'CausalSelfAttention', 'QuickGELU', 'CLIPMLP', 'CLIPBlock', 'CLIPTextEncoder',
-           'clip_state_from_transformers', 'clip_from_transformers']
+__all__ = ['PRETOKENIZE', 'bytes_to_unicode', 'clean_text', 'symbol_pairs', 'bpe_merge_steps', 'CLIPTokenizer', 'explain_tokens',
+           'token_explorer', 'CLIPTextConfig', 'attention_allowed', 'CausalSelfAttention', 'QuickGELU', 'CLIPMLP',
+           'CLIPBlock', 'CLIPTextEncoder', 'clip_state_from_transformers', 'clip_from_transformers']
 
 # %% ../nbs/01_clip.ipynb #4f85e4ea
 @functools.lru_cache()
@@ -143,6 +143,49 @@ class CLIPTokenizer:
         return (ids, mask) if return_attention_mask else ids
 
     def __repr__(self): return f"CLIPTokenizer(vocab_size={self.vocab_size}, max_length={self.max_length})"
+
+# %% ../nbs/01_clip.ipynb #6c68b1a7
+def explain_tokens(tok:CLIPTokenizer, # the tokenizer
+                   text:str # a prompt
+                  ) -> list[dict]:
+    "For each pre-tokenized word of `text`: the word, every stage of its BPE merges, its final tokens and their ids."
+    rows = []
+    for word in PRETOKENIZE.findall(clean_text(text)):
+        special = word in (tok.bos_token, tok.eos_token)
+        symbols = word if special else ''.join(tok.byte_encoder[b] for b in word.encode('utf-8'))   # bytes -> printable symbols
+        steps = [(symbols,)] if special else bpe_merge_steps(symbols, tok.bpe_ranks)
+        rows.append(dict(word=word, steps=steps, tokens=list(steps[-1]), ids=[tok.encoder[t] for t in steps[-1]]))
+    return rows
+
+def _token_html(tok:CLIPTokenizer, rows:list, max_tokens:int) -> str:
+    "The chips and merge lists of `explain_tokens` rows as HTML; tokens past `max_tokens` are greyed out."
+    import html
+    chips, merges, n = [], [], 0
+    colours = ['#cfe8ff', '#ffe4c4', '#d8f5d0', '#f3d9f7']
+    for w, r in enumerate(rows):
+        for t, i in zip(r['tokens'], r['ids']):
+            bg = colours[w % len(colours)] if n < max_tokens else '#e0e0e0'
+            text = tok.decode([i], skip_special_tokens=False) or t
+            chips.append(f'<span style="display:inline-block;margin:2px;padding:2px 5px;border-radius:4px;background:{bg};'
+                         f'font-family:monospace;text-align:center">{html.escape(text)}<br><small>{i}</small></span>')
+            n += 1
+        stages = ' &rarr; '.join(html.escape(' '.join(s.replace('</w>', '·') for s in st)) for st in r['steps'])
+        merges.append(f'<li><b>{html.escape(r["word"])}</b>: {len(r["steps"]) - 1} merges: <code>{stages}</code></li>')
+    used = min(n, max_tokens)
+    head = f'<p>{n} tokens; the text encoder sees {used} of them (at most {max_tokens}, between the start and end tokens).</p>'
+    return head + '<div>' + ''.join(chips) + '</div><ul style="font-size:85%">' + ''.join(merges) + '</ul>'
+
+def token_explorer(tok:CLIPTokenizer|None=None, # default: the shipped CLIP tokenizer
+                   text:str='an astronaut riding a horse, photorealistic' # the prompt it starts with
+                  ):
+    "A text box and the tokens of what is typed into it (ipywidgets); `.children[0]` is the text box, `.children[1]` the tokens."
+    import ipywidgets as W
+    tok = tok or CLIPTokenizer()
+    box = W.Text(value=text, description='prompt', layout=W.Layout(width='95%'), continuous_update=True)
+    out = W.HTML()
+    def show(_=None): out.value = _token_html(tok, explain_tokens(tok, box.value), tok.max_length - 2)
+    box.observe(show, names='value'); show()
+    return W.VBox([box, out])
 
 # %% ../nbs/01_clip.ipynb #d9a06026
 @dataclass

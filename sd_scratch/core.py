@@ -15,9 +15,9 @@ from safetensors.torch import save_file, safe_open
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'default_device', 'seed_everything', 'check_image_tensor', 'image_to_tensor', 'tensor_to_images',
-           'image_grid', 'save_grid', 'figure_dir', 'show_images', 'asset_path', 'load_state_strict', 'atomic_write',
-           'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'config_dict', 'save_weights', 'Weights',
-           'read_weights', 'SavesWeights', 'state_and_config']
+           'image_grid', 'save_grid', 'figure_dir', 'long_cells', 'show_images', 'asset_path', 'load_state_strict',
+           'atomic_write', 'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'config_dict',
+           'save_weights', 'Weights', 'read_weights', 'SavesWeights', 'state_and_config']
 
 # %% ../nbs/00_core.ipynb #a1a9423b
 if os.environ.get('IN_TEST') and 'OMP_NUM_THREADS' not in os.environ:   # under nbdev_test, one worker per core runs a notebook:
@@ -131,6 +131,16 @@ def figure_dir() -> Path:
         return d
     d = Path(tempfile.gettempdir())/'sd_scratch_figures'; d.mkdir(exist_ok=True)
     return d
+
+# %% ../nbs/00_core.ipynb #259db2d0
+def long_cells(switch:bool=False, # the notebook's own opt-in: its `LONG_CELLS` variable
+               what:str|None=None # what the cell does, e.g. 're-train the toy UNet (about 5 minutes)', printed when it is skipped
+              ) -> bool:
+    "Whether a long (`#| slow`) cell runs: under `nbdev_test` (which reaches it only with `--flags slow`), if `switch`, or with SD_SCRATCH_LONG_CELLS=1."
+    run = bool(switch) or bool(os.environ.get('IN_TEST')) or os.environ.get('SD_SCRATCH_LONG_CELLS') == '1'
+    if not run and what: print(f"Skipped, a long cell: it would {what}. Set LONG_CELLS = True at the top of the notebook "
+                               "(or SD_SCRATCH_LONG_CELLS=1) to run it.")
+    return run
 
 # %% ../nbs/00_core.ipynb #af0ed700
 def show_images(images, # (B, C, H, W) tensor in [-1, 1], or list of PIL images / tensors

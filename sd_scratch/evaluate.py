@@ -8,11 +8,11 @@ import re
 import numpy as np, torch
 from PIL import Image
 from .core import *
-from .data import COLOURS, SHAPES, ShapesDataset
+from .data import COLOURS, SHAPES, EXTRA_SHAPES, ShapesDataset
 
 # %% auto #0
-__all__ = ['shape_features', 'shape_from_features', 'judge', 'parse_caption', 'adherence', 'adherence_vs_guidance',
-           'best_guidance', 'plot_adherence', 'pipeline_generator']
+__all__ = ['shape_features', 'middle_row_cover', 'shape_from_features', 'judge', 'parse_caption', 'adherence',
+           'adherence_vs_guidance', 'best_guidance', 'plot_adherence', 'pipeline_generator']
 
 # %% ../nbs/07a_evaluate.ipynb #126dc2ff
 _PALETTE_NAMES = list(COLOURS)
@@ -40,15 +40,33 @@ def shape_features(mask:torch.Tensor # (H, W) bool: the shape's pixels
     top = (ys[inside].float() < (y0 + y1) / 2).float().mean().item()
     return fill, top
 
-def shape_from_features(fill:float, top:float) -> str:
+def middle_row_cover(mask:torch.Tensor # (H, W) bool: the shape's pixels
+                    ) -> float:
+    "Fraction of the robust bounding box's middle rows (3) that the shape covers: 1 for a cross's bar, about 0.75 for a star."
+    ys, xs = mask.nonzero(as_tuple=True)
+    if len(ys) < 4: return 0.0
+    q = torch.tensor([0.01, 0.99])
+    y0, y1 = torch.quantile(ys.float(), q).tolist(); x0, x1 = torch.quantile(xs.float(), q).tolist()
+    yc, xa, xb = int(round((y0 + y1) / 2)), int(round(x0)), int(round(x1))
+    return mask[max(0, yc - 1):yc + 2, xa:xb + 1].float().mean().item()
+
+def shape_from_features(fill:float, top:float, # `shape_features`
+                        middle:float=1.0, # `middle_row_cover`: only asked when a star is allowed
+                        star:bool=False # may the answer be 'star' (a shape of `EXTRA_SHAPES`, taught in 07b)?
+                       ) -> str:
     "The shape name for a fill ratio and upper-half fraction (thresholds halfway between the ideal shapes)."
     if top < 0.37: return 'triangle'            # the only shape that is not symmetric top to bottom
     if fill > 0.88: return 'square'
-    return 'circle' if fill > 0.67 else 'cross'
+    if fill > 0.67: return 'circle'
+    return 'star' if star and middle < 0.95 else 'cross'   # a cross's bar fills its middle rows; a star's arms do not
 
-def judge(images # (B, 3, H, W) tensor in [-1, 1], a PIL image, or a list of PIL images
+def judge(images, # (B, 3, H, W) tensor in [-1, 1], a PIL image, or a list of PIL images
+          shapes:tuple=SHAPES # the shapes it may answer: add 'star' to judge the shape lesson 07b teaches
          ) -> list[dict]:
     "For each image: dict(colour=..., shape=..., background=..., fill=..., top=...); colour/shape None if no shape is found."
+    bad = [s for s in shapes if s not in SHAPES + EXTRA_SHAPES]
+    if bad: raise ValueError(f"the judge knows the shapes {SHAPES + EXTRA_SHAPES}, not {bad}")
+    star = 'star' in shapes
     x = _as_uint8_batch(images)                                            # (B, H, W, 3)
     B, H, W, _ = x.shape
     labels = torch.cdist(x.reshape(B, H * W, 3), _PALETTE[None].expand(B, -1, -1)).argmin(-1).view(B, H, W)  # (B, H*W) -> (B, H, W)
@@ -61,7 +79,8 @@ def judge(images # (B, 3, H, W) tensor in [-1, 1], a PIL image, or a list of PIL
             out.append(dict(colour=None, shape=None, background=_PALETTE_NAMES[bg], fill=0.0, top=0.0)); continue
         col = fg.mode().values.item()
         fill, top = shape_features(lab == col)
-        out.append(dict(colour=_PALETTE_NAMES[col], shape=shape_from_features(fill, top), background=_PALETTE_NAMES[bg],
+        middle = middle_row_cover(lab == col) if star else 1.0
+        out.append(dict(colour=_PALETTE_NAMES[col], shape=shape_from_features(fill, top, middle, star), background=_PALETTE_NAMES[bg],
                         fill=round(fill, 4), top=round(top, 4)))
     return out
 
@@ -69,15 +88,18 @@ def judge(images # (B, 3, H, W) tensor in [-1, 1], a PIL image, or a list of PIL
 def parse_caption(caption:str) -> dict:
     "colour, shape and background named by a shapes caption such as 'a (small) red circle on a blue background'."
     m = re.fullmatch(r"an? (?:(?:small|large) )?(\w+) (\w+) on an? (\w+) background", caption.strip())
-    if m is None or m[1] not in COLOURS or m[2] not in SHAPES or m[3] not in COLOURS:
+    if m is None or m[1] not in COLOURS or m[2] not in SHAPES + EXTRA_SHAPES or m[3] not in COLOURS:
         raise ValueError(f"not a shapes caption: {caption!r}")
     return dict(colour=m[1], shape=m[2], background=m[3])
 
 def adherence(images, # as for `judge`
-              captions:list # the prompt of each image
+              captions:list, # the prompt of each image
+              shapes:tuple|None=None # the shapes the judge may answer; default `SHAPES` and any other shape the captions name
              ) -> dict:
     "Fraction of images whose judged colour, shape, background (and all three) match their captions."
-    verdicts, wanted = judge(images), [parse_caption(c) for c in captions]
+    wanted = [parse_caption(c) for c in captions]
+    if shapes is None: shapes = SHAPES + tuple(sorted({w['shape'] for w in wanted} - set(SHAPES)))
+    verdicts = judge(images, shapes)
     if len(verdicts) != len(wanted): raise ValueError(f"{len(verdicts)} images but {len(wanted)} captions")
     hit = {k: np.mean([v[k] == w[k] for v, w in zip(verdicts, wanted)]) for k in ('colour', 'shape', 'background')}
     hit['all'] = np.mean([all(v[k] == w[k] for k in w) for v, w in zip(verdicts, wanted)])

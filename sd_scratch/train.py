@@ -4,7 +4,7 @@
 
 # %% ../nbs/07_training.ipynb #8f5213a1
 from __future__ import annotations
-import json, math, os, time, copy, zlib, contextlib, dataclasses
+import io, json, math, os, time, copy, zlib, contextlib, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -16,9 +16,9 @@ from .schedulers import NoiseSchedule
 __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'TrainConfig', 'min_snr_weight',
            'diffusion_loss', 'lr_at', 'unwrap', 'EMA', 'LatentCache', 'build_latent_cache', 'step_generator',
            'add_offset_noise', 'draw_noise', 'draw_batch', 'make_optimizer', 'train_step', 'Trainer', 'read_log',
-           'plot_loss_curve', 'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache', 'RunConfig',
-           'load_run_config', 'build_model', 'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders',
-           'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'RunFolder', 'train_run']
+           'plot_loss_curve', 'LiveLossPlot', 'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache',
+           'RunConfig', 'load_run_config', 'build_model', 'hash_text_encoder', 'Encoders', 'pipeline_encoders',
+           'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'RunFolder', 'train_run']
 
 # %% ../nbs/07_training.ipynb #bd6c1655
 @dataclass
@@ -46,6 +46,7 @@ class TrainConfig:
     ema_decay:float = 0.999          # EMA decay (with warm-up: min(decay, (1+step)/(10+step)))
     mixed_precision:str = 'no'       # 'no' (float32) or 'bf16' (autocast to bfloat16 on CPU and CUDA)
     gradient_checkpointing:bool = False  # recompute activations in backward: less memory, more time (04 and 08 measure both)
+    channels_last:bool = False       # conv weights and activations in NHWC memory layout: the same model, faster convolutions on CPU (measured below)
     seed:int = 0                     # seed of the model init and of every step's batch, timesteps, noise and dropout
     device:str = 'auto'              # 'auto', 'cpu', 'cuda', ...
     # bookkeeping
@@ -87,6 +88,7 @@ class TrainConfig:
             try: torch.device(self.device)
             except (RuntimeError, ValueError): need(False, f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
         need(isinstance(self.gradient_checkpointing, bool), f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
+        need(isinstance(self.channels_last, bool), f"channels_last must be true or false, got {self.channels_last!r}")
         need(self.batch_size % self.grad_accum_steps == 0,
              f"batch_size={self.batch_size} is not divisible by grad_accum_steps={self.grad_accum_steps}; "
              f"each micro-batch must have the same size (e.g. batch_size={self.batch_size // self.grad_accum_steps * self.grad_accum_steps or self.grad_accum_steps})")
@@ -377,11 +379,12 @@ class Trainer:
                  cfg:TrainConfig, # the run's configuration
                  out_dir=None, # where log.jsonl, samples/ and checkpoint.safetensors go (None: nothing written)
                  pipeline=None, # a `StableDiffusion` (tokenizer, text encoder, VAE) to draw sample grids with; None: no grids
-                 progress:bool=True # show a tqdm progress bar
+                 progress=True # True: a tqdm bar; False: nothing; a callable (e.g. `LiveLossPlot()`): given every step's metrics record
                 ):
         self.cfg, self.data, self.pipeline, self.progress = cfg, data, pipeline, progress
         self.device = default_device(None if cfg.device == 'auto' else cfg.device)
         self.model = model.to(self.device).train()
+        if cfg.channels_last: self.model = self.model.to(memory_format=torch.channels_last)   # 4-d weights (convs) become NHWC
         if cfg.gradient_checkpointing:
             if not hasattr(unwrap(model), 'enable_gradient_checkpointing'):
                 raise ValueError(f"gradient_checkpointing=True, but {type(unwrap(model)).__name__} has no enable_gradient_checkpointing()")
@@ -420,7 +423,8 @@ class Trainer:
         "Train from the current step up to `until`; returns the metrics of the steps taken."
         until = self.cfg.steps if until is None else until
         start, taken, saved = self.step, [], None
-        bar = tqdm(total=until, initial=start, desc='train', disable=not (self.progress and self.is_main), leave=False)
+        report = self.progress if callable(self.progress) and self.is_main else None    # e.g. a `LiveLossPlot`
+        bar = tqdm(total=until, initial=start, desc='train', disable=not (self.progress is True and self.is_main), leave=False)
         try:
             while self.step < until:
                 t0 = time.perf_counter()
@@ -429,10 +433,13 @@ class Trainer:
                 self.step += 1
                 self._log(rec); taken.append(rec)
                 bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+                if report is not None: report(rec)
                 if self.cfg.sample_every and self.step % self.cfg.sample_every == 0: self.save_samples()
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.checkpoint_path is not None:
                     self.save_checkpoint(); saved = self.step
-        finally: bar.close()
+        finally:
+            bar.close()
+            if report is not None and hasattr(report, 'done'): report.done()   # e.g. draw the last steps
         if self.checkpoint_path is not None and self.step > start and saved != self.step: self.save_checkpoint()
         return taken
 
@@ -562,6 +569,44 @@ def plot_loss_curve(records:list, # metrics records (from `read_log` or `Trainer
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend()
     if title: ax.set_title(title)
     return ax
+
+class LiveLossPlot:
+    "A loss curve that redraws in place while a run trains: pass it as `progress` to `Trainer` or `train_run`."
+    def __init__(self, every:int=25, # redraw after every this many steps (and once more when `fit` returns)
+                 smooth:float=0.9, # as in `plot_loss_curve`
+                 title:str='training loss', # the plot's title (the last step and loss are added)
+                 figsize:tuple=(5, 3), dpi:int=60):
+        if not isinstance(every, int) or isinstance(every, bool) or every < 1: raise ValueError(f"every must be a positive int, got {every!r}")
+        self.every, self.smooth, self.title, self.figsize, self.dpi = every, smooth, title, figsize, dpi
+        self.records, self.draws, self.drawn, self.fig, self.ax, self.handle = [], 0, 0, None, None, None
+
+    def __call__(self, rec:dict # one step's metrics (`step`, `loss`, ...), as the trainer logs them
+                ):
+        "Take one step's record; redraw every `every` records."
+        self.records.append(rec)
+        if len(self.records) % self.every == 0: self.draw()
+
+    def done(self):
+        "Draw what is not drawn yet (the trainer calls this when `fit` returns or stops)."
+        if self.records and self.drawn != len(self.records): self.draw()
+
+    def draw(self):
+        "Plot every record so far and show it in place of the previous drawing (only where IPython displays: a notebook, `nbdev_test`)."
+        from matplotlib.figure import Figure                  # not pyplot: no window, and no second copy at the end of the cell
+        self.fig = Figure(figsize=self.figsize, dpi=self.dpi)
+        last = self.records[-1]
+        self.ax = plot_loss_curve(self.records, self.smooth, ax=self.fig.subplots(),
+                                  title=f"{self.title}: step {last['step'] + 1}, loss {last['loss']:.4f}")
+        self.draws, self.drawn = self.draws + 1, len(self.records)
+        try:
+            from IPython import get_ipython
+            from IPython.display import Image, display
+        except ImportError: return
+        if get_ipython() is None: return                      # a plain script: the log and the tqdm bar report progress there
+        buf = io.BytesIO(); self.fig.savefig(buf, format='png')
+        img = Image(data=buf.getvalue())
+        if self.handle is None: self.handle = display(img, display_id=True)
+        else: self.handle.update(img)
 
 def _subplots(**kw):
     import matplotlib.pyplot as plt
@@ -844,7 +889,8 @@ class RunFolder:
     def __exit__(self, *exc): self.release()
 
 # %% ../nbs/07_training.ipynb #a9003ff7
-BOOKKEEPING = dict(train=('log_every', 'ckpt_every', 'sample_every', 'sample_prompts', 'sample_steps', 'sample_guidance', 'device', 'steps'),
+BOOKKEEPING = dict(train=('log_every', 'ckpt_every', 'sample_every', 'sample_prompts', 'sample_steps', 'sample_guidance', 'device', 'steps',
+                         'channels_last'),
                    run=('name', 'nproc', 'loader_workers'))   # what a resumed run may change (a longer run is announced)
 
 def _check_resume(saved:dict, run:RunConfig):
@@ -862,7 +908,7 @@ def _check_resume(saved:dict, run:RunConfig):
 def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
               out_dir, # the run folder: log.jsonl, checkpoint.safetensors, run_config.json, samples/, the export
               resume:bool=False, # continue from out_dir/checkpoint.safetensors (it must exist)
-              progress:bool=True, # tqdm bar
+              progress=True, # a tqdm bar, False for none, or a callable given every step's record (`LiveLossPlot`)
               trainer_class=None, # default `Trainer`; lesson 08 passes `DistributedTrainer`
               make_data=None, # default `build_data`; lesson 08 adds streaming
               **trainer_kwargs # more arguments for the trainer (e.g. `env`)
