@@ -22,8 +22,10 @@ _all_ = ['clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers'] 
 __all__ = ['SDConfig', 'clip_key_to_ldm', 'vae_key_to_ldm', 'ldm_shape', 'vae_weight_to_ldm', 'unet_key_to_ldm', 'no_init',
            'build_nets', 'key_map_of', 'ldm_key_map', 'ema_key', 'ldm_schedule_buffers', 'CheckpointError',
            'LightningPlaceholder', 'read_checkpoint', 'nets_from_ldm', 'load_single_file', 'sd_config_of',
-           'ldm_state_of', 'save_single_file', 'load_diffusers_folder', 'clip_from_transformers', 'vae_from_diffusers',
-           'unet_from_diffusers']
+           'ldm_state_of', 'save_single_file', 'load_diffusers_folder', 'vae_key_to_diffusers',
+           'clip_key_to_transformers', 'unet_config_to_diffusers', 'vae_config_to_diffusers',
+           'clip_config_to_transformers', 'ddim_scheduler_config', 'tokenizer_files', 'diffusers_folder_files',
+           'save_diffusers_folder', 'clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers']
 
 # %% ../nbs/06a_convert.ipynb #4eac3c61
 @dataclass
@@ -374,10 +376,167 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
         schedule = NoiseSchedule(c.get('num_train_timesteps', 1000), c.get('beta_start', 0.00085), c.get('beta_end', 0.012),
                                  c.get('beta_schedule', 'scaled_linear'))
     st = lambda base: [f'{base}.safetensors', f'{base}.fp16.safetensors']
-    unet = unet_from_diffusers(_folder_weights(root/'unet', st('diffusion_pytorch_model') + ['diffusion_pytorch_model.bin']),
-                               unet_config_from_diffusers(_read_json(root/'unet'/'config.json')))
+    unet_json = _read_json(root/'unet'/'config.json')
+    unet_cfg = unet_config_from_diffusers(unet_json)
+    unet_cfg.dropout = unet_json.get('dropout', 0.0)    # 04's reader leaves the training-only dropout at 0
+    unet = unet_from_diffusers(_folder_weights(root/'unet', st('diffusion_pytorch_model') + ['diffusion_pytorch_model.bin']), unet_cfg)
     vae = vae_from_diffusers(_folder_weights(root/'vae', st('diffusion_pytorch_model') + ['diffusion_pytorch_model.bin']),
                              vae_config_from_diffusers(_read_json(root/'vae'/'config.json')))
     text_cfg = CLIPTextConfig.from_transformers(transformers.CLIPTextConfig.from_json_file(str(root/'text_encoder'/'config.json')))
     text = clip_from_transformers(_folder_weights(root/'text_encoder', st('model') + ['pytorch_model.bin']), text_cfg)
-    return StableDiffusion(CLIPTokenizer(), text.eval(), vae.eval(), unet.eval(), schedule)
+    tok = root/'tokenizer'
+    tokenizer = CLIPTokenizer(tok/'vocab.json', tok/'merges.txt') if (tok/'vocab.json').exists() and (tok/'merges.txt').exists() else CLIPTokenizer()
+    size = unet_json.get('sample_size')                  # diffusers' default image side: the UNet's latent side times the VAE's factor
+    size = size * vae.cfg.downsample_factor if isinstance(size, int) else 512
+    return StableDiffusion(tokenizer, text.eval(), vae.eval(), unet.eval(), schedule, default_size=size)
+
+# %% ../nbs/06a_convert.ipynb #66d0b293
+_VAE_TO_DIFFUSERS = [  # (our key pattern, diffusers' name): 02's `_DIFFUSERS_RENAMES` read backwards
+    (r'mid_block\.resnet1\.', 'mid_block.resnets.0.'), (r'mid_block\.resnet2\.', 'mid_block.resnets.1.'),
+    (r'mid_block\.attention\.', 'mid_block.attentions.0.'), (r'\.to_out\.', '.to_out.0.'),
+    (r'\.downsample\.', '.downsamplers.0.'), (r'\.upsample\.', '.upsamplers.0.')]
+
+def vae_key_to_diffusers(k:str # a key of our `AutoencoderKL`
+                        ) -> str:
+    "diffusers' `AutoencoderKL` name of a VAE weight."
+    for pat, rep in _VAE_TO_DIFFUSERS: k = re.sub(pat, rep, k)
+    return k
+
+def clip_key_to_transformers(k:str # a key of our `CLIPTextEncoder`
+                            ) -> str:
+    "transformers' `CLIPTextModel` name of a CLIP weight (`text_model.` first, as every SD 1.x folder has it): the single-file name without `cond_stage_model.transformer.`."
+    return clip_key_to_ldm(k).removeprefix('cond_stage_model.transformer.')
+
+# %% ../nbs/06a_convert.ipynb #7263e1cf
+def _cannot(field:str, value, why:str):
+    raise ValueError(f"{field}={value!r} cannot be written as a diffusers folder: {why}; nothing was written")
+
+def _one_or_list(t:tuple): return t[0] if len(set(t)) == 1 else list(t)   # SD 1.x's folders write one number
+
+def unet_config_to_diffusers(c:UNetConfig, # our UNet config
+                             sample_size:int # the latent side the model draws by default (diffusers' `sample_size`)
+                            ) -> dict:
+    "The `config.json` of a diffusers `UNet2DConditionModel` of the shape of `c` (the inverse of 04's `unet_config_from_diffusers`)."
+    return dict(_class_name='UNet2DConditionModel', sample_size=sample_size, in_channels=c.in_channels, out_channels=c.out_channels,
+                down_block_types=list(c.down_block_types), mid_block_type='UNetMidBlock2DCrossAttn', up_block_types=list(c.up_block_types),
+                block_out_channels=list(c.block_out_channels), layers_per_block=c.layers_per_block,
+                attention_head_dim=_one_or_list(c.num_heads),        # diffusers' SD 1.x name for the number of heads
+                transformer_layers_per_block=_one_or_list(c.transformer_depth), cross_attention_dim=c.cross_attention_dim,
+                norm_num_groups=c.norm_groups, norm_eps=c.norm_eps, use_linear_projection=c.use_linear_projection,
+                flip_sin_to_cos=c.flip_sin_to_cos, freq_shift=c.freq_shift, dropout=c.dropout, act_fn='silu',
+                center_input_sample=False, downsample_padding=1, mid_block_scale_factor=1)
+
+def vae_config_to_diffusers(c:VAEConfig, # our VAE config
+                            sample_size:int # the image side the model is made for
+                           ) -> dict:
+    "The `config.json` of a diffusers `AutoencoderKL` of the shape of `c`; a field diffusers has no setting for is an error."
+    if c.norm_eps != 1e-6: _cannot('vae.norm_eps', c.norm_eps, "diffusers' AutoencoderKL has no setting for it (its GroupNorms use 1e-6)")
+    n = len(c.block_out_channels)
+    return dict(_class_name='AutoencoderKL', in_channels=c.in_channels, out_channels=c.out_channels, latent_channels=c.latent_channels,
+                down_block_types=['DownEncoderBlock2D'] * n, up_block_types=['UpDecoderBlock2D'] * n,
+                block_out_channels=list(c.block_out_channels), layers_per_block=c.layers_per_block, act_fn='silu',
+                norm_num_groups=c.norm_num_groups, sample_size=sample_size, scaling_factor=c.scaling_factor,
+                mid_block_add_attention=c.mid_attention, use_quant_conv=True, use_post_quant_conv=True, force_upcast=True)
+
+def clip_config_to_transformers(c:CLIPTextConfig, # our text encoder's config
+                                dtype:str='float32' # the dtype its weights are stored in
+                               ) -> dict:
+    "The `config.json` of a transformers `CLIPTextModel` of the shape of `c` (the inverse of `CLIPTextConfig.from_transformers`)."
+    import transformers
+    hf = transformers.CLIPTextConfig(vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+                                     num_hidden_layers=c.n_layers, num_attention_heads=c.n_heads, max_position_embeddings=c.max_positions,
+                                     hidden_act=c.hidden_act, layer_norm_eps=c.layer_norm_eps, bos_token_id=49406,
+                                     eos_token_id=c.eos_token_id, pad_token_id=c.eos_token_id)   # our tokenizer pads with the end token
+    setattr(hf, 'dtype' if hasattr(hf, 'dtype') else 'torch_dtype', dtype)   # transformers 5's spelling, else 4's
+    return dict(hf.to_dict(), architectures=['CLIPTextModel'])
+
+_DIFFUSERS_BETAS = {'linear': 'linear', 'scaled_linear': 'scaled_linear', 'squaredcos_cap_v2': 'squaredcos_cap_v2',
+                    'cosine': 'squaredcos_cap_v2'}   # 05's cosine_betas equals diffusers' betas_for_alpha_bar bit for bit
+
+def ddim_scheduler_config(schedule:NoiseSchedule # the noise schedule the UNet was trained with
+                         ) -> dict:
+    "The `scheduler_config.json` of a diffusers `DDIMScheduler` that samples as our `DDIMSampler` does (SD 1.x: leading spacing, offset 1)."
+    if schedule.beta_schedule not in _DIFFUSERS_BETAS: _cannot('schedule.beta_schedule', schedule.beta_schedule, "diffusers has no such schedule")
+    return dict(_class_name='DDIMScheduler', num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
+                beta_end=schedule.beta_end, beta_schedule=_DIFFUSERS_BETAS[schedule.beta_schedule], trained_betas=None,
+                clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type='epsilon', timestep_spacing='leading',
+                thresholding=False, rescale_betas_zero_snr=False)
+
+# %% ../nbs/06a_convert.ipynb #02782078
+def _diffusers_version() -> str:
+    from importlib.metadata import version, PackageNotFoundError
+    try: return version('diffusers')
+    except PackageNotFoundError: return '0.30.0'   # the oldest diffusers sd_scratch supports
+
+def tokenizer_files(tok:CLIPTokenizer # our tokenizer
+                   ) -> dict:
+    "The files of a transformers `CLIPTokenizer` folder (name -> text) holding `tok`'s vocabulary and merges."
+    merges = sorted(tok.bpe_ranks, key=tok.bpe_ranks.get)                       # rank order, as merges.txt lists them
+    specials = dict(bos_token=tok.bos_token, eos_token=tok.eos_token, unk_token=tok.eos_token, pad_token=tok.decoder[tok.pad_id])
+    config = dict(specials, tokenizer_class='CLIPTokenizer', model_max_length=tok.max_length, do_lower_case=True, errors='replace')
+    return {'vocab.json': json.dumps(tok.encoder, ensure_ascii=False), 'merges.txt': '#version: 0.2\n' + ''.join(f'{a} {b}\n' for a, b in merges),
+            'special_tokens_map.json': json.dumps(specials, indent=2) + '\n', 'tokenizer_config.json': json.dumps(config, indent=2) + '\n'}
+
+def diffusers_folder_files(sd, # a `StableDiffusion`
+                           dtype:torch.dtype|None=None # cast floating-point weights to this; None keeps them
+                          ) -> dict:
+    "Every file of `sd`'s diffusers folder: relative path -> its text, or a function returning its tensors. Checks every config first."
+    f = sd.vae.cfg.downsample_factor
+    if sd.default_size % f: _cannot('default_size', sd.default_size, f"the UNet's config stores it in latents, so it must be a multiple of {f}")
+    version = _diffusers_version()
+    def config(d): return json.dumps(dict(d, _diffusers_version=version), indent=2) + '\n'
+    def weights(net, name):                                 # tensors under the reference's names, made only when written
+        def tensors():
+            own = net.state_dict()
+            out = {name(k): (v.to(dtype) if dtype is not None and v.is_floating_point() else v).detach().cpu().contiguous() for k, v in own.items()}
+            if len(out) != len(own): raise RuntimeError(f"two weights of {type(net).__name__} map to one name")   # a map must be one-to-one
+            return out
+        return tensors
+    text_dtype = str(dtype or next(sd.text_encoder.parameters()).dtype).removeprefix('torch.')
+    files = {'unet/config.json': config(unet_config_to_diffusers(sd.unet.cfg, sd.default_size // f)),
+             'unet/diffusion_pytorch_model.safetensors': weights(sd.unet, lambda k: k),      # our UNet keys are diffusers' own
+             'vae/config.json': config(vae_config_to_diffusers(sd.vae.cfg, sd.default_size)),
+             'vae/diffusion_pytorch_model.safetensors': weights(sd.vae, vae_key_to_diffusers),
+             'text_encoder/config.json': json.dumps(clip_config_to_transformers(sd.text_encoder.cfg, text_dtype), indent=2) + '\n',
+             'text_encoder/model.safetensors': weights(sd.text_encoder, clip_key_to_transformers),
+             'scheduler/scheduler_config.json': config(ddim_scheduler_config(sd.schedule))}
+    files |= {f'tokenizer/{name}': text for name, text in tokenizer_files(sd.tokenizer).items()}
+    files['model_index.json'] = config(dict(     # which library and class reads each subfolder; [null, null]: not there
+        _class_name='StableDiffusionPipeline', unet=['diffusers', 'UNet2DConditionModel'], vae=['diffusers', 'AutoencoderKL'],
+        text_encoder=['transformers', 'CLIPTextModel'], tokenizer=['transformers', 'CLIPTokenizer'], scheduler=['diffusers', 'DDIMScheduler'],
+        safety_checker=[None, None], feature_extractor=[None, None], image_encoder=[None, None], requires_safety_checker=False))
+    return files
+
+def save_diffusers_folder(sd, # a `StableDiffusion`
+                          path, # the folder to write: new, or empty
+                          overwrite:bool=False, # True: also write into a non-empty folder, replacing our files there (others stay)
+                          dtype:torch.dtype|None=None # e.g. torch.float16 halves the files; None keeps the weights' dtype
+                         ) -> Path:
+    "Write `sd` as a diffusers-format folder, which `diffusers.StableDiffusionPipeline.from_pretrained` and `load_diffusers_folder` read."
+    import shutil, tempfile
+    from sd_scratch.core import atomic_save_safetensors, atomic_write_text
+    path = Path(path)
+    if path.exists() and not path.is_dir(): raise NotADirectoryError(f"{path} is a file, not a folder; nothing was written")
+    if path.is_dir() and any(path.iterdir()) and not overwrite:
+        raise FileExistsError(f"{path} is not empty; nothing was written (overwrite=True replaces the model's files in it)")
+    files = diffusers_folder_files(sd, dtype)              # every config is checked before the first byte is written
+    path.parent.mkdir(parents=True, exist_ok=True)
+    stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.partial'))   # same file system: renames are atomic
+    try:
+        for rel, content in files.items():
+            if callable(content): atomic_save_safetensors(content(), stage/rel, metadata={'format': 'pt'})
+            else: atomic_write_text(stage/rel, content)
+        umask = os.umask(0); os.umask(umask)
+        os.chmod(stage, 0o777 & ~umask)                    # a plain mkdir's permissions (mkdtemp's are 0700)
+        if not path.exists() or not any(path.iterdir()):
+            if path.exists(): path.rmdir()
+            os.rename(stage, path)                         # the whole folder appears at once (refused if `path` filled up meanwhile)
+        else:                                              # overwrite=True: one atomic rename per file, model_index.json last
+            for rel in files:
+                (path/rel).parent.mkdir(parents=True, exist_ok=True)
+                os.replace(stage/rel, path/rel)
+            shutil.rmtree(stage)
+    except BaseException:
+        shutil.rmtree(stage, ignore_errors=True)           # a failed save leaves nothing of itself behind
+        raise
+    return path
