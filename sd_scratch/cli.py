@@ -8,7 +8,8 @@ import argparse, math, os, sys
 from pathlib import Path
 
 # %% auto #0
-__all__ = ['check_generate_args', 'generate_parser', 'load_model', 'generate_main', 'train_parser', 'train_main', 'main']
+__all__ = ['check_generate_args', 'lora_arg', 'sampler_name', 'generate_parser', 'load_model', 'generate_main', 'train_parser',
+           'train_main', 'main']
 
 # %% ../nbs/09_cli.ipynb #2bfe0b6b
 def check_generate_args(a:argparse.Namespace):
@@ -21,7 +22,12 @@ def check_generate_args(a:argparse.Namespace):
         if not math.isfinite(getattr(a, name)): raise ValueError(f"--{name} must be a finite number, got {getattr(a, name)}")
     if not 0 < a.strength <= 1: raise ValueError(f"--strength must lie in (0, 1], got {a.strength}")
     if a.eta < 0: raise ValueError(f"--eta must be >= 0, got {a.eta}")
+    if getattr(a, 'karras', False) and a.sampler in ('ddim', 'ddpm'):
+        raise ValueError(f"--karras applies to --sampler euler, euler_a, heun and dpmpp_2m, not {a.sampler} (its timesteps are fixed)")
+    if a.eta != 0 and a.sampler != 'ddim':
+        raise ValueError(f"--eta applies to --sampler ddim only; {a.sampler} would ignore it (leave --eta at 0)")
     if not 0 <= a.seed < 2**63 - 2**20: raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1 (minus the batch), got {a.seed}")
+    if getattr(a, 'lora', None) is not None: lora_arg(a.lora)                    # raises with what is wrong
     if a.prompt is None and a.batch is None: raise ValueError("give --prompt TEXT or --batch prompts.txt")
     if a.prompt is not None and a.batch is not None:
         raise ValueError("give --prompt TEXT or --batch prompts.txt, not both (put the prompt into the file as one more line)")
@@ -36,9 +42,27 @@ def check_generate_args(a:argparse.Namespace):
     probe = out if out.exists() else next((q for q in out.parents if q.exists()), Path('.'))
     if not os.access(probe, os.W_OK | os.X_OK): raise ValueError(f"--out: cannot write into {probe} (permission denied)")
 
+def lora_arg(value:str # FILE or FILE:SCALE, as given to --lora
+            ) -> tuple[Path, float]:
+    "The LoRA file and its strength from `--lora FILE[:SCALE]` (scale 1 when not given)."
+    path, scale = value, 1.0
+    head, sep, tail = value.rpartition(':')
+    if sep and head:
+        try: path, scale = head, float(tail)
+        except ValueError: path = value                           # a ':' that is part of the file name
+    if not math.isfinite(scale): raise ValueError(f"--lora {value}: the scale must be a finite number, got {tail}")
+    if not Path(path).is_file(): raise ValueError(f"--lora {value}: {path} is not a file")
+    return Path(path), scale
+
+def sampler_name(a:argparse.Namespace) -> str:
+    "The sampler `generate` gets: --sampler, with '_karras' added when --karras is given."
+    return a.sampler + '_karras' if getattr(a, 'karras', False) and not a.sampler.endswith('_karras') else a.sampler
+
+
 # %% ../nbs/09_cli.ipynb #2ae97e05
 def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The arguments of `sd_scratch generate`."
+    from sd_scratch.samplers import SAMPLER_NAMES                     # the one list of sampler names
     p = p or argparse.ArgumentParser(prog='sd_scratch generate')
     p.add_argument('--prompt', help='text prompt')
     p.add_argument('--negative', default=None, help='negative prompt (replaces the empty prompt of classifier-free guidance)')
@@ -46,14 +70,20 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
     p.add_argument('--steps', type=int, default=25, help='sampling steps')
     p.add_argument('--guidance', type=float, default=7.5, help='classifier-free guidance scale')
     p.add_argument('--seed', type=int, default=0, help='random seed (the same seed gives the same image)')
-    p.add_argument('--sampler', choices=['ddim', 'ddpm'], default='ddim')
-    p.add_argument('--eta', type=float, default=0.0, help='DDIM eta (0: deterministic)')
+    p.add_argument('--sampler', choices=SAMPLER_NAMES, default='ddim', metavar='SAMPLER',
+                   help='ddim (default), ddpm, euler, euler_a (Euler ancestral), heun (2 UNet calls per step), dpmpp_2m '
+                   '(DPM-Solver++ 2M), or one of the last four + _karras; one of: ' + ', '.join(SAMPLER_NAMES))
+    p.add_argument('--karras', action='store_true', help='Karras noise levels (rho = 7) for euler, euler_a, heun or dpmpp_2m: '
+                   '--sampler dpmpp_2m --karras is --sampler dpmpp_2m_karras')
+    p.add_argument('--eta', type=float, default=0.0, help='DDIM eta (0: deterministic); --sampler ddim only')
     p.add_argument('--height', type=int, default=None, help='image height, a multiple of 8 (default: the model\'s)')
     p.add_argument('--width', type=int, default=None, help='image width, a multiple of 8 (default: the model\'s)')
     p.add_argument('--out', default='outputs', help='folder for the PNGs; images already there are never replaced: numbering '
                    'continues after the highest NNN_ file (unless --overwrite)')
     p.add_argument('--overwrite', action='store_true', help='number the images from 000 and replace files of the same name')
     p.add_argument('--checkpoint', default=None, help='SD 1.x single file (.safetensors/.ckpt) or diffusers folder; default: the shipped toy model')
+    p.add_argument('--lora', default=None, metavar='FILE[:SCALE]', help='add a LoRA adapter (ours, or diffusers/peft '
+                   'safetensors) at strength SCALE (default 1; 0 = without it), e.g. --lora data/toy_star_lora.safetensors:0.8')
     p.add_argument('--init-image', dest='init_image', default=None, help='start from this image (image-to-image)')
     p.add_argument('--strength', type=float, default=0.8, help='image-to-image: how much of the init image to noise away, in (0, 1]')
     return p
@@ -100,11 +130,12 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
     prompts = [a.prompt] if a.batch is None else _read_prompts(a.batch)
     init = None if a.init_image is None else _open_image(a.init_image)
     sd = load_model(a.checkpoint)
+    if a.lora is not None: sd.load_lora(*lora_arg(a.lora))
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     first = 0 if a.overwrite else _first_free_index(out)
     paths = []
     for i, prompt in enumerate(prompts):
-        kw = dict(negative_prompt=a.negative, steps=a.steps, guidance_scale=a.guidance, sampler=a.sampler, eta=a.eta,
+        kw = dict(negative_prompt=a.negative, steps=a.steps, guidance_scale=a.guidance, sampler=sampler_name(a), eta=a.eta,
                   seed=a.seed + i, init_image=init, strength=a.strength)
         if a.height: kw['height'] = a.height
         if a.width: kw['width'] = a.width

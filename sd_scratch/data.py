@@ -10,8 +10,8 @@ from PIL import Image, ImageDraw
 from .core import image_to_tensor
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'SIZES', 'IMAGE_EXTS', 'render_shape', 'make_caption', 'caption_vocabulary', 'all_captions',
-           'ShapesDataset', 'ShardStats', 'iter_image_folder', 'iter_tar_shards', 'resize_center_crop',
+__all__ = ['COLOURS', 'SHAPES', 'EXTRA_SHAPES', 'SIZES', 'IMAGE_EXTS', 'render_shape', 'make_caption', 'caption_vocabulary',
+           'all_captions', 'ShapesDataset', 'ShardStats', 'iter_image_folder', 'iter_tar_shards', 'resize_center_crop',
            'write_image_shards', 'encode_latent_shards', 'LatentShardDataset']
 
 # %% ../nbs/00a_data.ipynb #9d00a7db
@@ -26,6 +26,7 @@ COLOURS = {                      # colour name -> RGB, the shape and background 
     'black':  ( 20,  20,  20),
 }
 SHAPES = ('circle', 'square', 'triangle', 'cross')   # shape names, in label order
+EXTRA_SHAPES = ('star',)   # the renderer draws these too, but the data set and its captions never use them: 07b teaches one with LoRA
 SIZES = ('small', 'large')                           # size words: half-extent 0.20 or 0.30 of the image side
 
 # %% ../nbs/00a_data.ipynb #5c282fb3
@@ -41,11 +42,14 @@ def _polygon(shape, cx, cy, r):
         w = r / 3
         return [(cx-w, cy-r), (cx+w, cy-r), (cx+w, cy-w), (cx+r, cy-w), (cx+r, cy+w), (cx+w, cy+w),
                 (cx+w, cy+r), (cx-w, cy+r), (cx-w, cy+w), (cx-r, cy+w), (cx-r, cy-w), (cx-w, cy-w)]
-    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    if shape == 'star':                                                  # 10 points: outer tips and inner corners, a tip up
+        R = 1.15 * r
+        return [(cx + rad*np.cos(a), cy + rad*np.sin(a)) for rad, a in zip([R, 0.38 * R] * 5, np.deg2rad(-90 + 36 * np.arange(10)))]
+    raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + EXTRA_SHAPES}")
 
 # %% ../nbs/00a_data.ipynb #fcb93675
 def render_shape(colour:str, # shape colour, a key of `COLOURS`
-                 shape:str, # one of `SHAPES`
+                 shape:str, # one of `SHAPES` (or `EXTRA_SHAPES`)
                  background:str, # background colour, a key of `COLOURS`, different from `colour`
                  size:int=64, # image side in pixels
                  scale:str='large', # one of `SIZES`
@@ -55,7 +59,7 @@ def render_shape(colour:str, # shape colour, a key of `COLOURS`
     "Draw one image from its attributes: an RGB PIL image of side `size`."
     if colour not in COLOURS: raise ValueError(f"unknown colour {colour!r}; expected one of {list(COLOURS)}")
     if background not in COLOURS: raise ValueError(f"unknown background {background!r}; expected one of {list(COLOURS)}")
-    if shape not in SHAPES: raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES}")
+    if shape not in SHAPES + EXTRA_SHAPES: raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + EXTRA_SHAPES}")
     if scale not in SIZES: raise ValueError(f"unknown scale {scale!r}; expected one of {SIZES}")
     if colour == background: raise ValueError(f"shape and background are both {colour!r}; the shape would be invisible")
     if not isinstance(size, int) or size < 8: raise ValueError(f"size must be an int >= 8 pixels, got {size!r}")
@@ -83,13 +87,14 @@ def caption_vocabulary(with_size:bool=False # include the size words
 
 # %% ../nbs/00a_data.ipynb #a6a72ca7
 def all_captions(colour:str|None=None, # restrict to this shape colour (None: any)
-                 shape:str|None=None, # restrict to this shape (None: any)
+                 shape:str|None=None, # restrict to this shape (None: any of `SHAPES`; a shape of `EXTRA_SHAPES` must be asked for)
                  background:str|None=None # restrict to this background (None: any)
                 ) -> list[str]:
     "Every caption (without size word) that matches the given attributes; handy for zero-shot prompts."
+    if shape is not None and shape not in SHAPES + EXTRA_SHAPES: raise ValueError(f"unknown shape {shape!r}; expected one of {SHAPES + EXTRA_SHAPES}")
     out = []
-    for c, s, b in itertools.product(COLOURS, SHAPES, COLOURS):
-        if c == b or (colour and c != colour) or (shape and s != shape) or (background and b != background): continue
+    for c, s, b in itertools.product(COLOURS, SHAPES if shape is None else (shape,), COLOURS):
+        if c == b or (colour and c != colour) or (background and b != background): continue
         out.append(make_caption(dict(colour=c, shape=s, background=b)))
     return out
 
@@ -101,21 +106,25 @@ class ShapesDataset(torch.utils.data.Dataset):
                  size:int=64, # image side in pixels (>= 8)
                  seed:int=0, # seed of the attribute generator: same seed, same images
                  with_size:bool=False, # captions carry the size word ("a small red circle ...")
-                 supersample:int=4 # anti-aliasing factor used when drawing
+                 supersample:int=4, # anti-aliasing factor used when drawing
+                 shapes:tuple=SHAPES # the shapes to draw from (e.g. `('star',)` for the shape 07b teaches)
                 ):
         if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1: raise ValueError(f"n must be a positive int, got {n!r}")
         if not isinstance(size, (int, np.integer)) or size < 8: raise ValueError(f"size must be an int >= 8 pixels, got {size!r}")
-        self.n, self.size, self.seed, self.with_size, self.supersample = int(n), int(size), seed, with_size, supersample
+        shapes = tuple(shapes)
+        bad = [s for s in shapes if s not in SHAPES + EXTRA_SHAPES]
+        if not shapes or bad: raise ValueError(f"shapes must be a non-empty tuple of {SHAPES + EXTRA_SHAPES}, got {shapes!r}")
+        self.n, self.size, self.seed, self.with_size, self.supersample, self.shapes = int(n), int(size), seed, with_size, supersample, shapes
         rng = np.random.default_rng(seed)
         names = list(COLOURS)
         colour = rng.integers(0, len(names), n)
         background = (colour + rng.integers(1, len(names), n)) % len(names)   # any colour but the shape's own
-        shape = rng.integers(0, len(SHAPES), n)
+        shape = rng.integers(0, len(shapes), n)
         scale = rng.integers(0, len(SIZES), n)
         half = np.array([_HALF_EXTENT[s] for s in SIZES])[scale]
         margin = 1.15 * half + 0.03                                          # the triangle reaches 1.15 * half-extent
         cx, cy = (rng.uniform(margin, 1 - margin) for _ in range(2))
-        self.attrs = [dict(colour=names[colour[i]], shape=SHAPES[shape[i]], background=names[background[i]],
+        self.attrs = [dict(colour=names[colour[i]], shape=shapes[shape[i]], background=names[background[i]],
                            scale=SIZES[scale[i]], cx=float(cx[i]), cy=float(cy[i])) for i in range(n)]
         self.captions = [make_caption(a, with_size) for a in self.attrs]
 
