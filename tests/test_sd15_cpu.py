@@ -6,7 +6,7 @@ Two optimizer steps straight, against one step, a kill -9, `--resume` and the se
 bit for bit. The peak memory of the training process is measured and compared with `sd15_memory_estimate`.
 About 20 GB of memory and 10 minutes on 2 CPU cores (bf16 autocast is slow on CPUs without bf16 instructions: 64 px images,
 8x8 latents keep it short); every big piece runs in its own process, one at a time."""
-import json, os, resource, signal, subprocess, sys, textwrap, time
+import json, os, resource, shutil, signal, subprocess, sys, textwrap, time
 from pathlib import Path
 import pytest, torch
 from safetensors import safe_open
@@ -71,7 +71,8 @@ def work(tmp_path_factory):
               "train": {"steps": 2, "batch_size": 2, "grad_accum_steps": 2, "warmup_steps": 1, "ckpt_every": 1,
                         "log_every": 1, "device": "cpu"}}
     (work/'run.json').write_text(json.dumps(recipe))
-    return work
+    yield work
+    shutil.rmtree(work, ignore_errors=True)   # about 30 GB of full-size checkpoints: pytest would keep them for 3 runs
 
 
 def test_sd15_recipe_full_size_resume_is_exact_and_memory_is_as_estimated(work):
