@@ -6,7 +6,8 @@ import json, math
 from pathlib import Path
 import torch
 from torch import nn
-from .core import atomic_save_safetensors, load_safetensors
+from safetensors.torch import save_file
+from .core import atomic_write, load_safetensors
 
 # %% auto #0
 __all__ = ['ATTENTION_PROJECTIONS', 'LORA_METADATA_KEY', 'STAR_LORA', 'LoRALinear', 'inject_lora', 'lora_layers',
@@ -132,7 +133,8 @@ def save_lora(model:nn.Module, # a model with adapters (`inject_lora`)
     tensors, config = lora_state_dict(model)
     meta = {LORA_METADATA_KEY: json.dumps({f'unet.{k}': v for k, v in config.items()}, sort_keys=True), 'format': 'pt'}
     if not overwrite and Path(path).exists(): raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    return atomic_save_safetensors(tensors, path, metadata=meta)
+    with atomic_write(path, overwrite=overwrite) as tmp: save_file(tensors, tmp, metadata=meta)   # never clobbers, even mid-write
+    return Path(path)
 
 def read_lora(path # a LoRA .safetensors file in diffusers/peft names (ours, or written by diffusers/peft)
              ) -> tuple[dict, dict]:
