@@ -13,7 +13,8 @@ from .schedulers import NoiseSchedule, Sampler
 from .samplers import make_sampler, SAMPLER_NAMES
 
 # %% auto #0
-__all__ = ['StableDiffusion', 'load_unet', 'playground', 'record_cross_attention', 'token_heatmaps', 'attention_explorer']
+__all__ = ['COMPILE_MODES', 'StableDiffusion', 'load_unet', 'playground', 'record_cross_attention', 'token_heatmaps',
+           'attention_explorer']
 
 # %% ../nbs/06_cfg.ipynb #651a1df5
 def _as_list(prompt, what:str) -> list[str]:
@@ -40,6 +41,21 @@ def _available_memory() -> int|None:
     try: return os.sysconf('SC_AVPHYS_PAGES') * os.sysconf('SC_PAGE_SIZE')   # free pages only: an underestimate
     except (ValueError, OSError, AttributeError): return None
 
+COMPILE_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')   # torch.compile's modes (inductor)
+
+def _has_hooks(module:torch.nn.Module) -> bool:
+    "Whether the module or any submodule has forward hooks (a compiled graph does not see hooks added after it was traced)."
+    return any(m._forward_hooks or m._forward_pre_hooks for m in module.modules())
+
+def _check_cpp_compiler():
+    "Inductor writes C++ for the CPU and needs a compiler to build it: say so now, not deep inside the first sampling step."
+    try: from torch._inductor.cpp_builder import get_cpp_compiler
+    except ImportError: return                                     # another torch layout: let torch.compile speak for itself
+    try: get_cpp_compiler()
+    except Exception as e:
+        raise RuntimeError(f"compiling for the CPU with the inductor backend needs a C++ compiler, and none works here ({e}); "
+                           "install g++ (or point CXX at one), or sample without compile()") from None
+
 class StableDiffusion:
     "Text-to-image and image-to-image with classifier-free guidance, from our CLIP text encoder, VAE and UNet."
     def __init__(self, tokenizer, # `CLIPTokenizer`: list of prompts -> (B, 77) token ids
@@ -50,6 +66,7 @@ class StableDiffusion:
                  default_size:int=512): # image side used when `generate` is given no height/width (512 for SD 1.x)
         self.tokenizer, self.text_encoder, self.vae, self.unet = tokenizer, text_encoder, vae, unet
         self.schedule, self.default_size = schedule or NoiseSchedule(), default_size
+        self._compile_opts, self._compiled = None, {}                # set by `compile`: sampling's compiled callables
 
     @classmethod
     def from_pretrained(cls, name:str='toy', # 'toy': the model shipped in the package (SD 1.x files: `sd_scratch.convert`)
@@ -107,14 +124,74 @@ class StableDiffusion:
         remove_lora(self.unet)
         return self
 
+    def compile(self, unet:bool=True, # sample through a compiled UNet (where sampling spends its time)
+                vae:bool=False, # also decode through a compiled VAE decoder (one call per batch)
+                backend='inductor', # torch.compile's backend: 'inductor' generates fused C++ (CPU) or Triton (GPU) kernels; 'aot_eager' only traces (quick to compile, for checks)
+                mode:str|None=None, # inductor's mode: None, 'default', 'reduce-overhead' (CUDA graphs), 'max-autotune', 'max-autotune-no-cudagraphs'
+                dynamic:bool|None=False, # False: one graph per shape (batch, size, guidance on/off); True/None: graphs for any size (inductor 2.13 fails to build them for SD's UNet)
+                fullgraph:bool=False # True: fail on a graph break instead of running that piece eagerly
+               ) -> StableDiffusion:
+        "Sample through `torch.compile`; `self.unet` and `self.vae` stay the plain modules, so weights, `state_dict`, LoRA and saving are untouched."
+        for name, v in (('unet', unet), ('vae', vae), ('fullgraph', fullgraph)):
+            if not isinstance(v, bool): raise TypeError(f"{name} must be True or False, got {v!r}")
+        if not (dynamic is None or isinstance(dynamic, bool)): raise TypeError(f"dynamic must be None, True or False, got {dynamic!r}")
+        if not (unet or vae): raise ValueError("nothing to compile: unet=False and vae=False (uncompile() goes back to eager sampling)")
+        if not callable(backend):
+            names = torch.compiler.list_backends(exclude_tags=())
+            if backend not in names: raise ValueError(f"unknown torch.compile backend {backend!r}; valid: {', '.join(sorted(names))}")
+        if mode not in COMPILE_MODES: raise ValueError(f"mode must be one of {', '.join(map(repr, COMPILE_MODES))}; got {mode!r}")
+        if mode is not None and backend != 'inductor': raise ValueError(f"mode={mode!r} is an option of the 'inductor' backend, not of {backend!r}")
+        if backend == 'inductor' and any(next(m.parameters()).device.type == 'cpu' for m, on in ((self.unet, unet), (self.vae, vae)) if on):
+            _check_cpp_compiler()
+        self._compile_opts = dict(parts=tuple(p for p, on in (('unet', unet), ('vae', vae)) if on),
+                                  kw=dict(backend=backend, mode=mode, dynamic=dynamic, fullgraph=fullgraph))
+        self._compiled = {}
+        for part in self._compile_opts['parts']: self._wrap(part)   # torch.compile's own checks speak now; kernels come at the first call
+        return self
+
+    def uncompile(self) -> StableDiffusion:
+        "Sample eagerly again (the compiled callables are dropped; the modules were never changed)."
+        self._compile_opts, self._compiled = None, {}
+        return self
+
+    @property
+    def compiled(self) -> tuple:
+        "What sampling runs compiled: () (eager), ('unet',), ('vae',) or ('unet', 'vae')."
+        opts = getattr(self, '_compile_opts', None)
+        return () if opts is None else opts['parts']
+
+    def _wrap(self, part:str):
+        "Compile the UNet or the VAE's `decode` (lazily: kernels are built at the first call of each shape); compile failures get a clear error."
+        from torch._dynamo.exc import TorchDynamoException
+        module, kw = (self.unet if part == 'unet' else self.vae), self._compile_opts['kw']
+        compiled = torch.compile(module if part == 'unet' else module.decode, **kw)
+        def run(*args):
+            try: return compiled(*args)
+            except TorchDynamoException as e:   # tracing or code generation failed (not the model's own errors)
+                shapes = ', '.join(str(tuple(a.shape)) for a in args if isinstance(a, torch.Tensor) and a.ndim)
+                hint = '' if kw['dynamic'] is False else '; compile(dynamic=False), one graph per shape, avoids dynamic shapes'
+                raise RuntimeError(f"torch.compile could not build the {part} for inputs of shape {shapes} ({type(e).__name__}: "
+                                   f"{(str(e).strip().splitlines() or [''])[0][:300]}); sd.uncompile() samples eagerly{hint}") from e
+        self._compiled[part] = (module, run)                       # the module it wraps: `sd.unet = other` is noticed
+        return run
+
+    def _runner(self, part:str):
+        "What sampling calls for 'unet' (the UNet) or 'vae' (the VAE's `decode`): the compiled callable if `compile` asked for it, else the module's own."
+        module = self.unet if part == 'unet' else self.vae
+        eager = module if part == 'unet' else module.decode
+        if part not in self.compiled or _has_hooks(module): return eager   # hooks (`record_cross_attention`) need the eager modules
+        held = self._compiled.get(part)
+        return held[1] if held is not None and held[0] is module else self._wrap(part)
+
     @torch.no_grad()
     def guided_eps(self, z:torch.Tensor, # latents (B, C, h, w)
                    t:torch.Tensor, # the current timestep (0-d)
                    context:torch.Tensor, # (2B, 77, D): unconditional (negative) half first, then conditional
                    guidance_scale:float):
         "Classifier-free guidance: one UNet call on the doubled batch, then `uncond + g * (cond - uncond)`."
-        if guidance_scale <= 1: return self.unet(z, t, context)
-        eps = self.unet(torch.cat([z, z]), t, context)              # (B, C, h, w) -> (2B, C, h, w)
+        unet = self._runner('unet')                                 # the UNet, or its compiled callable (`compile`)
+        if guidance_scale <= 1: return unet(z, t, context)
+        eps = unet(torch.cat([z, z]), t, context)                   # (B, C, h, w) -> (2B, C, h, w)
         eps_uncond, eps_cond = eps.chunk(2)                          # (2B, ...) -> 2 x (B, ...)
         return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
 
@@ -225,7 +302,7 @@ class StableDiffusion:
             eps = self.guided_eps(smp.scale_model_input(z, t), t, context, guidance_scale)
             z, x0 = smp.step(eps, t, z, generator=generator, return_x0=True)
             if callback is not None: callback(i, t, z, x0)
-        x = self.vae.decode((z / self.scaling_factor).to(self.vae_dtype))
+        x = self._runner('vae')((z / self.scaling_factor).to(self.vae_dtype))   # `vae.decode`, or its compiled callable
         if not torch.isfinite(x).all():                    # never a black image that looks like a result
             raise FloatingPointError("the sample is not finite (NaN or inf): the model's weights or the inputs are broken, or "
                                      f"the guidance scale ({guidance_scale}) is too large for this model")
