@@ -4,14 +4,14 @@
 
 # %% ../nbs/07a_evaluate.ipynb #ee0f3b6a
 from __future__ import annotations
-import re
-import numpy as np, torch
+import math, re
+import numpy as np, torch, torch.nn.functional as F
 from PIL import Image
 from .core import *
 from .data import COLOURS, SHAPES, EXTRA_SHAPES, ShapesDataset
 
 # %% auto #0
-__all__ = ['shape_features', 'middle_row_cover', 'shape_from_features', 'judge', 'parse_caption', 'adherence',
+__all__ = ['STAR_FIVEFOLD', 'shape_features', 'radial_harmonics', 'shape_from_features', 'judge', 'parse_caption', 'adherence',
            'adherence_vs_guidance', 'best_guidance', 'plot_adherence', 'pipeline_generator']
 
 # %% ../nbs/07a_evaluate.ipynb #126dc2ff
@@ -40,30 +40,42 @@ def shape_features(mask:torch.Tensor # (H, W) bool: the shape's pixels
     top = (ys[inside].float() < (y0 + y1) / 2).float().mean().item()
     return fill, top
 
-def middle_row_cover(mask:torch.Tensor # (H, W) bool: the shape's pixels
-                    ) -> float:
-    "Fraction of the robust bounding box's middle rows (3) that the shape covers: 1 for a cross's bar, about 0.75 for a star."
-    ys, xs = mask.nonzero(as_tuple=True)
-    if len(ys) < 4: return 0.0
-    q = torch.tensor([0.01, 0.99])
-    y0, y1 = torch.quantile(ys.float(), q).tolist(); x0, x1 = torch.quantile(xs.float(), q).tolist()
-    yc, xa, xb = int(round((y0 + y1) / 2)), int(round(x0)), int(round(x1))
-    return mask[max(0, yc - 1):yc + 2, xa:xb + 1].float().mean().item()
+def radial_harmonics(mask:torch.Tensor, # (H, W) bool: the shape's pixels
+                     bins:int=24, # directions around the centre
+                     up:int=4 # each pixel seen as up x up sub-pixels (small shapes get a smoother outline)
+                    ) -> dict:
+    "How strongly the outline repeats 3, 4 and 5 times around the centre: {k: |k-th Fourier coefficient| of r(angle) / mean r}."
+    from skimage.measure import label
+    comp = torch.from_numpy(label(mask.numpy(), connectivity=2))           # connected pieces: stray pixels of the colour elsewhere
+    if not (comp > 0).any(): return {3: 0.0, 4: 0.0, 5: 0.0}
+    mask = comp == torch.bincount(comp[comp > 0]).argmax()                   # keep the largest piece: the shape
+    fine = F.interpolate(mask.float()[None, None], scale_factor=up, mode='nearest')[0, 0] > 0.5   # (H, W) -> (H*up, W*up)
+    ys, xs = fine.nonzero(as_tuple=True)
+    ys, xs = (ys.float() + 0.5) / up, (xs.float() + 0.5) / up
+    dy, dx = ys - ys.mean(), xs - xs.mean()
+    b = ((torch.atan2(dy, dx) + math.pi) / (2 * math.pi) * bins).long().clamp(0, bins - 1)
+    r = torch.zeros(bins).scatter_reduce(0, b, torch.sqrt(dy ** 2 + dx ** 2), 'amax', include_self=True)   # (bins,) outline radius
+    mag = torch.fft.rfft(r).abs() * 2 / bins / r.mean()
+    return {k: mag[k].item() for k in (3, 4, 5)}
+
+STAR_FIVEFOLD = 0.08   # a star's outline repeats 5 times: harmonic 5 of r(angle) >= 0.12 for stars, <= 0.04 for the others (measured below)
 
 def shape_from_features(fill:float, top:float, # `shape_features`
-                        middle:float=1.0, # `middle_row_cover`: only asked when a star is allowed
+                        harmonics:dict|None=None, # `radial_harmonics`: only asked when a star is allowed
                         star:bool=False # may the answer be 'star' (a shape of `EXTRA_SHAPES`, taught in 07b)?
                        ) -> str:
     "The shape name for a fill ratio and upper-half fraction (thresholds halfway between the ideal shapes)."
+    if star and harmonics is not None and harmonics[5] > STAR_FIVEFOLD and harmonics[5] > max(harmonics[3], harmonics[4]):
+        return 'star'                            # five-fold outline: no base shape has one (a triangle's is 3, a cross's 4)
     if top < 0.37: return 'triangle'            # the only shape that is not symmetric top to bottom
     if fill > 0.88: return 'square'
     if fill > 0.67: return 'circle'
-    return 'star' if star and middle < 0.95 else 'cross'   # a cross's bar fills its middle rows; a star's arms do not
+    return 'cross'
 
 def judge(images, # (B, 3, H, W) tensor in [-1, 1], a PIL image, or a list of PIL images
           shapes:tuple=SHAPES # the shapes it may answer: add 'star' to judge the shape lesson 07b teaches
          ) -> list[dict]:
-    "For each image: dict(colour=..., shape=..., background=..., fill=..., top=...); colour/shape None if no shape is found."
+    "For each image: dict(colour=..., shape=..., background=..., fill=..., top=... (and fivefold=... when a star is allowed)); colour/shape None if no shape is found."
     bad = [s for s in shapes if s not in SHAPES + EXTRA_SHAPES]
     if bad: raise ValueError(f"the judge knows the shapes {SHAPES + EXTRA_SHAPES}, not {bad}")
     star = 'star' in shapes
@@ -79,9 +91,9 @@ def judge(images, # (B, 3, H, W) tensor in [-1, 1], a PIL image, or a list of PI
             out.append(dict(colour=None, shape=None, background=_PALETTE_NAMES[bg], fill=0.0, top=0.0)); continue
         col = fg.mode().values.item()
         fill, top = shape_features(lab == col)
-        middle = middle_row_cover(lab == col) if star else 1.0
-        out.append(dict(colour=_PALETTE_NAMES[col], shape=shape_from_features(fill, top, middle, star), background=_PALETTE_NAMES[bg],
-                        fill=round(fill, 4), top=round(top, 4)))
+        harm = radial_harmonics(lab == col) if star else None
+        out.append(dict(colour=_PALETTE_NAMES[col], shape=shape_from_features(fill, top, harm, star), background=_PALETTE_NAMES[bg],
+                        fill=round(fill, 4), top=round(top, 4), **({'fivefold': round(harm[5], 4)} if star else {})))
     return out
 
 # %% ../nbs/07a_evaluate.ipynb #f17a391d
