@@ -18,7 +18,8 @@ __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TOY_UNET', 'RECIPES', 'BOOKKE
            'add_offset_noise', 'draw_noise', 'draw_batch', 'make_optimizer', 'train_step', 'Trainer', 'read_log',
            'plot_loss_curve', 'LiveLossPlot', 'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache',
            'RunConfig', 'load_run_config', 'build_model', 'hash_text_encoder', 'Encoders', 'pipeline_encoders',
-           'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'RunFolder', 'train_run']
+           'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'RunFolder',
+           'export_lora', 'train_run']
 
 # %% ../nbs/07_training.ipynb #bd6c1655
 @dataclass
@@ -47,6 +48,7 @@ class TrainConfig:
     mixed_precision:str = 'no'       # 'no' (float32) or 'bf16' (autocast to bfloat16 on CPU and CUDA)
     gradient_checkpointing:bool = False  # recompute activations in backward: less memory, more time (04 and 08 measure both)
     channels_last:bool = False       # conv weights and activations in NHWC memory layout: the same model, faster convolutions on CPU (measured below)
+    compile:bool = False             # run the training step's forward and backward through `torch.compile` (inductor); measured below: it does not pay for the toy on a CPU
     seed:int = 0                     # seed of the model init and of every step's batch, timesteps, noise and dropout
     device:str = 'auto'              # 'auto', 'cpu', 'cuda', ...
     # bookkeeping
@@ -89,6 +91,7 @@ class TrainConfig:
             except (RuntimeError, ValueError): need(False, f"device must be 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps', got {self.device!r}")
         need(isinstance(self.gradient_checkpointing, bool), f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         need(isinstance(self.channels_last, bool), f"channels_last must be true or false, got {self.channels_last!r}")
+        need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
         need(self.batch_size % self.grad_accum_steps == 0,
              f"batch_size={self.batch_size} is not divisible by grad_accum_steps={self.grad_accum_steps}; "
              f"each micro-batch must have the same size (e.g. batch_size={self.batch_size // self.grad_accum_steps * self.grad_accum_steps or self.grad_accum_steps})")
@@ -311,9 +314,9 @@ def draw_batch(cache:LatentCache, # the pre-encoded data
 
 # %% ../nbs/07_training.ipynb #8efc0bad
 def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.AdamW:
-    "AdamW over the trainable parameters (fused kernels on CUDA)."
+    "AdamW over the trainable parameters (fused kernels on CUDA and CPU: one kernel for the whole update instead of several per tensor)."
     params = [p for p in model.parameters() if p.requires_grad]
-    fused = params[0].device.type == 'cuda'
+    fused = params[0].device.type in ('cuda', 'cpu')
     return torch.optim.AdamW(params, lr=lr_at(0, cfg), betas=cfg.adam_betas, eps=cfg.adam_eps,
                              weight_decay=cfg.weight_decay, fused=fused or None)
 
@@ -411,8 +414,15 @@ class Trainer:
 
     def train_one_step(self) -> dict:
         "One optimizer step: `train_step` on this process's share of the batch."
-        return train_step(self.model, self.optimizer, self.ema, self.data, self.schedule, self.cfg, self.step,
+        return train_step(self.step_model(), self.optimizer, self.ema, self.data, self.schedule, self.cfg, self.step,
                           self.rank, self.world_size, no_sync=getattr(self.model, 'no_sync', None))
+
+    def step_model(self) -> nn.Module:
+        "The model the training step calls: `self.model`, or (`cfg.compile`) a `torch.compile` of it sharing its parameters."
+        if not self.cfg.compile: return self.model
+        if getattr(self, '_compiled', (None,))[0] is not self.model:    # compiled once, again only if the model is replaced
+            self._compiled = (self.model, torch.compile(self.model, dynamic=False))
+        return self._compiled[1]
 
     def reduce_metrics(self, rec:dict) -> dict:
         "Combine a step's metrics across processes before logging; one process: as they are."
@@ -661,12 +671,17 @@ class RunConfig:
     n_images:int = 4000              # 'shapes' and 'random': how many images
     image_size:int = 64              # their side in pixels (latents are 8x smaller)
     data_seed:int = 0                # seed of the 'shapes' / 'random' data
+    shapes:list = field(default_factory=list)   # 'shapes': which shapes to draw (default: the four of the data set; ['star'] in 07b)
+    replay:int = 0                   # 'shapes': images of the four base shapes mixed in (seed data_seed + 1), so a fine-tune keeps them
     encoders:str = 'toy'             # the frozen text encoder and VAE: 'toy' (shipped with the package), 'sd' (from
                                      # sd_checkpoint), 'hash' (a fixed random context per caption, for tests)
     sd_checkpoint:str|None = None    # local SD 1.x single file, with encoders='sd'
     nproc:int = 1                    # processes the recipe is written for (the per-process batch follows from it)
     stream:bool = False              # latent shards: stream them from disk (lesson 08) instead of loading them all
     loader_workers:int = 2           # DataLoader workers per process when streaming
+    init_unet:str|None = None        # start from these UNet weights ('toy': the shipped toy UNet, or a weights file) instead of random
+    lora:dict = field(default_factory=dict)           # train LoRA adapters on `init_unet` instead of the whole UNet (07b):
+                                                      # rank, alpha, targets, only (`inject_lora`); the run exports lora.safetensors
     train:dict = field(default_factory=dict)          # `TrainConfig` fields
 
     def __post_init__(self):
@@ -683,6 +698,22 @@ class RunConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive int, got {v!r}")
         need(self.image_size % 8 == 0, f"image_size must be a multiple of 8, got {self.image_size}")
         need(isinstance(self.loader_workers, int) and self.loader_workers >= 0, f"loader_workers must be an int >= 0")
+        need(isinstance(self.replay, int) and not isinstance(self.replay, bool) and self.replay >= 0, f"replay must be an int >= 0, got {self.replay!r}")
+        need(isinstance(self.shapes, (list, tuple)), f"shapes must be a list of shape names, got {self.shapes!r}")
+        if self.shapes:
+            from sd_scratch.data import SHAPES, EXTRA_SHAPES
+            bad = [x for x in self.shapes if x not in SHAPES + EXTRA_SHAPES]
+            need(not bad, f"unknown shapes {bad}; the renderer draws {SHAPES + EXTRA_SHAPES}")
+        need(self.data == 'shapes' or not (self.shapes or self.replay), "shapes and replay are options of data='shapes'")
+        need(self.init_unet is None or (isinstance(self.init_unet, str) and self.init_unet), f"init_unet must be 'toy' or a weights file, got {self.init_unet!r}")
+        need(self.init_unet is None or (self.model == 'unet' and not self.model_config),
+             "init_unet takes the UNet's config from its file: leave model_config empty (and model='unet')")
+        need(isinstance(self.lora, dict), f"lora must be a dict of inject_lora arguments, got {self.lora!r}")
+        if self.lora:
+            need(self.init_unet is not None, "lora adapts a trained UNet: set init_unet ('toy' or a weights file)")
+            unknown = sorted(set(self.lora) - {'rank', 'alpha', 'targets', 'only'})
+            need(not unknown, f"unknown lora keys {unknown}; valid keys are: rank, alpha, targets, only")
+            need(self.train_config().ema_decay == 0, "lora runs export the adapters as trained: set train.ema_decay to 0")
         self.train_config()                                   # validates the training fields now, not after model building
         self.model_config_object()
 
@@ -716,11 +747,24 @@ TOY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), 
                 cross_attn_levels=(False, True, True), num_heads=4, cross_attention_dim=64, norm_groups=8)
 
 RECIPES = {
-    # the toy model shipped in the package: 64 px shapes, toy VAE, mini-CLIP text tower; ~12 min on 2 CPU cores
+    # the toy: 64 px shapes, toy VAE, mini-CLIP text tower; under 5 minutes on 2 CPU cores (the levers table below)
     'toy': dict(name='toy', model='unet', model_config=TOY_UNET, data='shapes', n_images=4000, image_size=64, data_seed=0,
-                encoders='toy', train=dict(steps=1800, batch_size=32, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1,
+                encoders='toy', train=dict(steps=1300, batch_size=32, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1,
                                            min_snr_gamma=5.0, cfg_dropout=0.1, offset_noise=0.1, ema_decay=0.0, log_every=10,
-                                           ckpt_every=250, sample_every=300, sample_guidance=4.0, device='cpu')),
+                                           ckpt_every=250, sample_every=650, sample_guidance=4.0, channels_last=True, device='cpu')),
+    # the recipe of the toy model shipped in the package (1,800 steps, ~7 min on 2 quiet cores): it draws a little better
+    'toy_shipped': dict(name='toy_shipped', model='unet', model_config=TOY_UNET, data='shapes', n_images=4000, image_size=64,
+                        data_seed=0, encoders='toy',
+                        train=dict(steps=1800, batch_size=32, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1, min_snr_gamma=5.0,
+                                   cfg_dropout=0.1, offset_noise=0.1, ema_decay=0.0, log_every=10, ckpt_every=250,
+                                   sample_every=300, sample_guidance=4.0, device='cpu')),
+    # 07b: the shipped toy learns a fifth shape, the star, with LoRA adapters (the shipped data/toy_star_lora.safetensors)
+    'lora_toy': dict(name='lora_toy', model='unet', init_unet='toy', data='shapes', shapes=['star'], n_images=1000, replay=1000,
+                     image_size=64, data_seed=1, encoders='toy',
+                     lora=dict(rank=8, alpha=8, targets=['to_q', 'to_k', 'to_v', 'to_out.0', 'ff.net.0.proj', 'ff.net.2'],
+                               only=['attn1', 'attn2', 'ff']),
+                     train=dict(steps=450, batch_size=32, lr=5e-3, warmup_steps=20, min_lr_ratio=0.1, cfg_dropout=0.1,
+                                offset_noise=0.1, ema_decay=0.0, seed=0, device='cpu', log_every=10, ckpt_every=150)),
     # seconds on a CPU: a 12k-parameter conv net on random latents, for tests of the machinery (2 processes in lesson 08)
     'tiny': dict(name='tiny', model='tiny_conv', model_config=dict(hidden=32, context_dim=16), data='random', n_images=64,
                  image_size=64, encoders='hash', nproc=2,
@@ -767,9 +811,26 @@ def build_model(run:RunConfig) -> nn.Module:
     "The model a recipe trains, initialised from `torch.manual_seed(train.seed)`, so every process starts from the same weights."
     cfg = run.model_config_object()
     torch.manual_seed(run.train_config().seed)
+    if run.init_unet is not None: return _init_unet(run)
     if run.model == 'tiny_conv': return TinyNoisePredictor(cfg)
     from sd_scratch.unet import UNet2DCondition
     return UNet2DCondition(cfg)
+
+def _init_unet(run:RunConfig) -> nn.Module:
+    "A trained UNet to fine-tune (`init_unet`), with LoRA adapters when the recipe asks for them (lesson 07b)."
+    from sd_scratch.pipeline import load_unet
+    from sd_scratch.core import asset_path
+    p = asset_path('toy_unet.safetensors') if run.init_unet == 'toy' else Path(run.init_unet)
+    if not p.is_file(): raise FileNotFoundError(f"init_unet {str(p)!r} not found: 'toy' or a UNet weights file (what a run exports)")
+    unet, _ = load_unet(p)
+    if run.lora:
+        from sd_scratch.lora import inject_lora                        # lesson 07b's module, needed only by LoRA recipes
+        kw = dict(run.lora)
+        for k in ('targets', 'only'):
+            if k in kw: kw[k] = tuple(kw[k])
+        torch.manual_seed(run.train_config().seed)                     # the adapters' random A, the same on every process
+        inject_lora(unet, **kw)
+    return unet
 
 def hash_text_encoder(context_len:int=6, context_dim:int=16):
     "A stand-in text encoder for tests: a fixed pseudo-random (L, D) context per caption, from a hash of its bytes."
@@ -815,10 +876,15 @@ def recipe_encoders(run:RunConfig, device=None # where the frozen networks run (
 
 def shapes_latent_cache(run:RunConfig, enc:Encoders) -> LatentCache:
     "Encode `run.n_images` shapes images and every caption of the vocabulary once."
-    from sd_scratch.data import ShapesDataset, all_captions
+    from sd_scratch.data import ShapesDataset, SHAPES, all_captions
     if enc.encode_images is None: raise ValueError("data='shapes' needs a VAE to encode the images: encoders 'toy' or 'sd'")
-    ds = ShapesDataset(run.n_images, run.image_size, run.data_seed)
-    return build_latent_cache(ds.tensors(), ds.captions, enc.encode_images, enc.encode_text, extra_captions=all_captions())
+    if not run.shapes and not run.replay:
+        ds = ShapesDataset(run.n_images, run.image_size, run.data_seed)
+        return build_latent_cache(ds.tensors(), ds.captions, enc.encode_images, enc.encode_text, extra_captions=all_captions())
+    parts = [ShapesDataset(run.n_images, run.image_size, run.data_seed, shapes=tuple(run.shapes or SHAPES))]   # e.g. stars (07b)
+    if run.replay: parts.append(ShapesDataset(run.replay, run.image_size, run.data_seed + 1))   # and the base shapes, replayed
+    return build_latent_cache(torch.cat([d.tensors() for d in parts]), [c for d in parts for c in d.captions],
+                              enc.encode_images, enc.encode_text)
 
 def latent_cache_from_shards(shards, # a folder of latent shards (`sd_scratch.data.encode_latent_shards`) or a list of paths
                              encode_text, # callable: list of captions -> (B, L, D) contexts
@@ -842,7 +908,8 @@ def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded '
         return random_latent_cache(n=run.n_images, latent_size=run.image_size // 8, context_dim=enc.encode_text(['']).shape[-1],
                                    seed=run.data_seed)
     if run.data == 'shapes':
-        path = None if cache_dir is None else Path(cache_dir)/f"shapes_{run.n_images}x{run.image_size}_seed{run.data_seed}.safetensors"
+        what = f"shapes_{run.n_images}x{run.image_size}_seed{run.data_seed}" + (f"_{'-'.join(run.shapes)}_replay{run.replay}" if run.shapes or run.replay else '')
+        path = None if cache_dir is None else Path(cache_dir)/f"{what}.safetensors"
         if path is not None and path.exists(): return LatentCache.load(path)
         cache = shapes_latent_cache(run, enc)
         if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
@@ -890,12 +957,13 @@ class RunFolder:
 
 # %% ../nbs/07_training.ipynb #a9003ff7
 BOOKKEEPING = dict(train=('log_every', 'ckpt_every', 'sample_every', 'sample_prompts', 'sample_steps', 'sample_guidance', 'device', 'steps',
-                         'channels_last'),
+                         'channels_last', 'compile'),
                    run=('name', 'nproc', 'loader_workers'))   # what a resumed run may change (a longer run is announced)
 
 def _check_resume(saved:dict, run:RunConfig):
     "Refuse to resume a run with another recipe than the one it started with (bookkeeping fields aside)."
     now = json.loads(json.dumps(asdict(run)))
+    saved = {**{k: v for k, v in json.loads(json.dumps(asdict(RunConfig()))).items() if k != 'train'}, **saved}   # fields added since: their defaults
     diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if k != 'train' and k not in BOOKKEEPING['run'] and saved.get(k) != now.get(k)}
     st, nt = saved.get('train', {}), now['train']
     diff.update({f'train.{k}': (st.get(k), nt.get(k)) for k in sorted(set(st) | set(nt))
@@ -905,6 +973,14 @@ def _check_resume(saved:dict, run:RunConfig):
     if diff: raise ValueError(f"--resume with another recipe than the run was started with; differing fields (run, now): {diff}. "
                               "Resume with the same recipe, or start a new run in another folder")
 
+def export_lora(trainer:Trainer, path) -> Path:
+    "Write the trained LoRA adapters of a `lora` recipe (lesson 07b's file format), replacing an earlier export of the run."
+    from sd_scratch.lora import save_lora
+    trainer.barrier()
+    if trainer.is_main: save_lora(unwrap(trainer.model), path, overwrite=True)
+    trainer.barrier()
+    return Path(path)
+
 def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
               out_dir, # the run folder: log.jsonl, checkpoint.safetensors, run_config.json, samples/, the export
               resume:bool=False, # continue from out_dir/checkpoint.safetensors (it must exist)
@@ -913,7 +989,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
               make_data=None, # default `build_data`; lesson 08 adds streaming
               **trainer_kwargs # more arguments for the trainer (e.g. `env`)
              ) -> Trainer:
-    "Train a recipe end to end: frozen encoders, data, model, trainer; resume or start; fit; export the EMA weights."
+    "Train a recipe end to end: frozen encoders, data, model, trainer; resume or start; fit; export the EMA weights (or a LoRA's adapters)."
     run, out_dir = load_run_config(run), Path(out_dir)
     trainer_class = trainer_class or Trainer
     ckpt, saved_run = out_dir/'checkpoint.safetensors', out_dir/'run_config.json'
@@ -933,6 +1009,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         elif trainer.is_main and trainer.log_path.exists(): trainer.log_path.unlink()   # a run that died before its first checkpoint
         if trainer.is_main: atomic_write_text(saved_run, json.dumps(asdict(run), indent=1))
         trainer.fit()
-        trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
+        if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
+        else: trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
     finally: folder.release()
     return trainer
