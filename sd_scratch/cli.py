@@ -149,7 +149,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
 def train_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The arguments of `sd_scratch train`."
     p = p or argparse.ArgumentParser(prog='sd_scratch train')
-    p.add_argument('--config', required=True, help='a recipe (toy, tiny, sd15_2x5090) or a JSON file of recipe fields; '
+    p.add_argument('--config', required=True, help='a recipe (toy, toy_shipped, lora_toy, tiny, sd15_2x5090) or a JSON file of recipe fields; '
                    'a JSON file may start from a recipe: {"base": "toy", "train": {"steps": 20}}')
     p.add_argument('--out', required=True, help='run folder: log.jsonl, checkpoints, samples')
     p.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint (without it, a folder that "

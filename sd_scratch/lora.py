@@ -10,9 +10,9 @@ from safetensors.torch import save_file
 from .core import atomic_write, load_safetensors
 
 # %% auto #0
-__all__ = ['ATTENTION_PROJECTIONS', 'LORA_METADATA_KEY', 'STAR_LORA', 'LoRALinear', 'inject_lora', 'lora_layers',
-           'lora_parameters', 'set_lora_scale', 'merge_lora', 'unmerge_lora', 'remove_lora', 'lora_state_dict',
-           'save_lora', 'read_lora', 'load_lora', 'concept_cache', 'train_lora']
+__all__ = ['ATTENTION_PROJECTIONS', 'LORA_METADATA_KEY', 'LoRALinear', 'inject_lora', 'lora_layers', 'lora_parameters',
+           'set_lora_scale', 'merge_lora', 'unmerge_lora', 'remove_lora', 'lora_state_dict', 'save_lora', 'read_lora',
+           'load_lora', 'concept_cache']
 
 # %% ../nbs/07b_lora.ipynb #732c6f6f
 class LoRALinear(nn.Module):
@@ -182,43 +182,13 @@ def load_lora(model:nn.Module, # the model to adapt (a UNet without adapters)
     return sorted(pairs)
 
 # %% ../nbs/07b_lora.ipynb #52103284
-STAR_LORA = dict(rank=8, alpha=8, targets=ATTENTION_PROJECTIONS + ('ff.net.0.proj', 'ff.net.2'), only=('attn1', 'attn2', 'ff'),
-                 n_new=1000, n_replay=1000, data_seed=1, train=dict(steps=450, batch_size=32, lr=5e-3, warmup_steps=20,
-                 min_lr_ratio=0.1, cfg_dropout=0.1, offset_noise=0.1, seed=0))   # measured in the table above
-
 def concept_cache(sd, # the pipeline whose VAE and text encoder encode the data (the toy)
                   shapes:tuple=('star',), # the new concept: shapes drawn by the renderer but not in the base data set
                   n_new:int=1000, # images of the new concept
                   n_replay:int=1000, # images of the base data set mixed in, so that the model keeps what it knew
-                  seed:int=1, # data seed
+                  seed:int=1, # data seed (the replayed images use seed + 1)
                   size:int|None=None): # image side (default: the pipeline's)
-    "A `LatentCache` of `n_new` images of the new shapes and `n_replay` of the base shapes, encoded once."
-    from sd_scratch.data import ShapesDataset
-    from sd_scratch.train import build_latent_cache, pipeline_encoders
-    size = size or sd.default_size
-    new, old = ShapesDataset(n_new, size, seed, shapes=shapes), ShapesDataset(n_replay, size, seed + 1)
-    enc = pipeline_encoders(sd)
-    return build_latent_cache(torch.cat([new.tensors(), old.tensors()]), new.captions + old.captions, enc.encode_images, enc.encode_text)
-
-def train_lora(sd, # the pipeline to teach: its UNet gets the adapters (and keeps them)
-               data, # where batches come from (e.g. `concept_cache`): `data.batch(cfg, step, ...)`
-               rank:int=8, alpha:float|None=None, targets=ATTENTION_PROJECTIONS, only=('attn1', 'attn2'), # the adapters
-               train:dict|None=None, # `TrainConfig` fields
-               log_every:int=50, callback=None): # callback(metrics) after every step (e.g. a live loss plot)
-    "Fine-tune LoRA adapters on `sd.unet` with the course's one training step; returns the metrics of every step."
-    from sd_scratch.train import TrainConfig, make_optimizer, train_step
-    cfg = TrainConfig.from_dict(train or {})
-    torch.manual_seed(cfg.seed)                                  # the adapters' random A
-    inject_lora(sd.unet, rank, alpha, targets, only)
-    opt = make_optimizer(sd.unet, cfg)                           # AdamW over the trainable parameters: the adapters
-    sd.unet.train(); history = []
-    try:
-        for step in range(cfg.steps):
-            m = train_step(sd.unet, opt, None, data, sd.schedule, cfg, step)
-            history.append(m)
-            if callback is not None: callback(m)
-            if log_every and (step % log_every == 0 or step == cfg.steps - 1):
-                print(f"step {step:4d}  loss {m['loss']:.4f}  lr {m['lr']:.2e}", flush=True)
-    finally: sd.unet.eval()
-    return history
-
+    "A `LatentCache` of `n_new` images of the new shapes and `n_replay` of the base shapes: the data of a `lora` recipe."
+    from sd_scratch.train import RunConfig, shapes_latent_cache, pipeline_encoders
+    run = RunConfig(data='shapes', shapes=list(shapes), n_images=n_new, replay=n_replay, data_seed=seed, image_size=size or sd.default_size)
+    return shapes_latent_cache(run, pipeline_encoders(sd))
