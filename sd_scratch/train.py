@@ -17,9 +17,9 @@ __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TOY_UNET', 'RECIPES', 'BOOKKE
            'diffusion_loss', 'lr_at', 'unwrap', 'EMA', 'LatentCache', 'build_latent_cache', 'step_generator',
            'add_offset_noise', 'draw_noise', 'draw_batch', 'make_optimizer', 'train_step', 'Trainer', 'read_log',
            'plot_loss_curve', 'LiveLossPlot', 'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache',
-           'RunConfig', 'load_run_config', 'build_model', 'hash_text_encoder', 'Encoders', 'pipeline_encoders',
-           'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'RunFolder',
-           'export_lora', 'train_run']
+           'RunConfig', 'load_run_config', 'build_model', 'init_unet_path', 'hash_text_encoder', 'Encoders',
+           'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards', 'build_data',
+           'RunFolder', 'export_lora', 'train_run']
 
 # %% ../nbs/07_training.ipynb #bd6c1655
 @dataclass
@@ -816,13 +816,16 @@ def build_model(run:RunConfig) -> nn.Module:
     from sd_scratch.unet import UNet2DCondition
     return UNet2DCondition(cfg)
 
+def init_unet_path(run:RunConfig) -> Path:
+    "The UNet weights file a fine-tuning recipe starts from (`init_unet`: 'toy' is the shipped one); a missing file is named."
+    p = asset_path('toy_unet.safetensors') if run.init_unet == 'toy' else Path(run.init_unet)
+    if not p.is_file(): raise FileNotFoundError(f"init_unet {str(p)!r} not found: 'toy' or a UNet weights file (what a run exports)")
+    return p
+
 def _init_unet(run:RunConfig) -> nn.Module:
     "A trained UNet to fine-tune (`init_unet`), with LoRA adapters when the recipe asks for them (lesson 07b)."
     from sd_scratch.pipeline import load_unet
-    from sd_scratch.core import asset_path
-    p = asset_path('toy_unet.safetensors') if run.init_unet == 'toy' else Path(run.init_unet)
-    if not p.is_file(): raise FileNotFoundError(f"init_unet {str(p)!r} not found: 'toy' or a UNet weights file (what a run exports)")
-    unet, _ = load_unet(p)
+    unet, _ = load_unet(init_unet_path(run))
     if run.lora:
         from sd_scratch.lora import inject_lora                        # lesson 07b's module, needed only by LoRA recipes
         kw = dict(run.lora)
@@ -998,6 +1001,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         raise FileExistsError(f"{out_dir} already holds a training run (checkpoint.safetensors): pass resume=True (--resume) to "
                               "continue it, or choose another folder")
     if resume and saved_run.exists(): _check_resume(json.loads(saved_run.read_text()), run)
+    if run.init_unet is not None: init_unet_path(run)                  # a missing start file: say so before encoding any data
     folder = RunFolder(out_dir)
     if int(os.environ.get('RANK') or 0) == 0: folder.acquire()        # one run per folder (under torchrun, rank 0 holds it)
     try:

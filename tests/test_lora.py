@@ -107,3 +107,7 @@ def test_cli_train_lora_recipe(tmp_path):
     bad = tmp_path/'bad.json'; bad.write_text(json.dumps(dict(base='lora_toy', init_unet=None)))   # named, no traceback
     r = run('train', '--config', str(bad), '--out', str(tmp_path/'bad'))
     assert r.returncode != 0 and 'lora adapts a trained UNet' in r.stderr and 'Traceback' not in r.stderr
+    bad.write_text(json.dumps(dict(base='lora_toy', init_unet=str(tmp_path/'missing.safetensors'))))
+    r = run('train', '--config', str(bad), '--out', str(tmp_path/'bad'))
+    assert r.returncode != 0 and 'missing.safetensors' in r.stderr and 'not found' in r.stderr and 'Traceback' not in r.stderr
+    assert not (tmp_path/'bad').exists()                              # refused before any data was encoded or written
