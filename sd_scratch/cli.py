@@ -130,7 +130,9 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
     prompts = [a.prompt] if a.batch is None else _read_prompts(a.batch)
     init = None if a.init_image is None else _open_image(a.init_image)
     sd = load_model(a.checkpoint)
-    if a.lora is not None: sd.load_lora(*lora_arg(a.lora))
+    if a.lora is not None:
+        import sd_scratch.lora                                       # lesson 07b gives the pipeline `load_lora`
+        sd.load_lora(*lora_arg(a.lora))
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     first = 0 if a.overwrite else _first_free_index(out)
     paths = []

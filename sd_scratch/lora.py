@@ -7,12 +7,17 @@ from pathlib import Path
 import torch
 from torch import nn
 from safetensors.torch import save_file
+from fastcore.basics import patch
 from .core import atomic_write, load_safetensors
+from .data import ShapesDataset, SHAPES, all_captions
+from .pipeline import StableDiffusion
+from .trainer import build_latent_cache, pipeline_encoders
+from .evaluate import adherence
 
 # %% auto #0
-__all__ = ['ATTENTION_PROJECTIONS', 'LORA_METADATA_KEY', 'LoRALinear', 'inject_lora', 'lora_layers', 'lora_parameters',
-           'set_lora_scale', 'merge_lora', 'unmerge_lora', 'remove_lora', 'lora_state_dict', 'save_lora', 'read_lora',
-           'load_lora', 'concept_cache']
+__all__ = ['ATTENTION_PROJECTIONS', 'LORA_METADATA_KEY', 'STAR_FLOOR', 'LoRALinear', 'inject_lora', 'lora_layers',
+           'lora_parameters', 'set_lora_scale', 'merge_lora', 'unmerge_lora', 'remove_lora', 'lora_state_dict',
+           'save_lora', 'read_lora', 'load_lora', 'concept_cache', 'star_measure', 'star_report']
 
 # %% ../nbs/07b_lora.ipynb #732c6f6f
 class LoRALinear(nn.Module):
@@ -181,6 +186,22 @@ def load_lora(model:nn.Module, # the model to adapt (a UNet without adapters)
         setattr(parent, attr, m)
     return sorted(pairs)
 
+# %% ../nbs/07b_lora.ipynb #0a00eb38
+@patch
+def load_lora(self:StableDiffusion, path, # a LoRA file: ours (`save_lora`) or diffusers/peft's `save_lora_weights`
+              scale:float=1.0): # strength: 0 = the model without it, 1 = as trained
+    "Add a LoRA adapter to the pipeline's UNet (one at a time: `unload_lora` first to change it)."
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"LoRA scale must be a finite number, got {scale!r}")
+    load_lora(self.unet, path, scale)
+    return self
+
+@patch
+def unload_lora(self:StableDiffusion):
+    "Remove the LoRA adapter: the UNet's own weights, bit for bit."
+    remove_lora(self.unet)
+    return self
+
 # %% ../nbs/07b_lora.ipynb #52103284
 def concept_cache(sd, # the pipeline whose VAE and text encoder encode the data (the toy)
                   shapes:tuple=('star',), # the new concept: shapes drawn by the renderer but not in the base data set
@@ -188,7 +209,28 @@ def concept_cache(sd, # the pipeline whose VAE and text encoder encode the data 
                   n_replay:int=1000, # images of the base data set mixed in, so that the model keeps what it knew
                   seed:int=1, # data seed (the replayed images use seed + 1)
                   size:int|None=None): # image side (default: the pipeline's)
-    "A `LatentCache` of `n_new` images of the new shapes and `n_replay` of the base shapes: the data of a `lora` recipe."
-    from sd_scratch.train import RunConfig, shapes_latent_cache, pipeline_encoders
-    run = RunConfig(data='shapes', shapes=list(shapes), n_images=n_new, replay=n_replay, data_seed=seed, image_size=size or sd.default_size)
-    return shapes_latent_cache(run, pipeline_encoders(sd))
+    "A `LatentCache` (lesson 07) of `n_new` images of the new shapes and `n_replay` of the base shapes, encoded once by `sd`'s VAE and text encoder."
+    size, enc = size or sd.default_size, pipeline_encoders(sd)
+    parts = [ShapesDataset(n_new, size, seed, shapes=tuple(shapes))]                   # e.g. stars
+    if n_replay: parts.append(ShapesDataset(n_replay, size, seed + 1))                # and the base shapes, replayed
+    return build_latent_cache(torch.cat([d.tensors() for d in parts]), [c for d in parts for c in d.captions],
+                              enc.encode_images, enc.encode_text)
+
+# %% ../nbs/07b_lora.ipynb #e1ed92e0
+STAR_FLOOR = 0.90    # the floor for a new concept: a star drawn for at least 90% of the star captions at the best guidance scale
+
+def star_measure(sd, # a `StableDiffusion` (with or without an adapter)
+                 captions:list, # the captions to draw
+                 guidance:float, # classifier-free guidance scale
+                 seeds:tuple=(0, 1) # each caption is drawn once per seed
+                ) -> dict:
+    "Adherence (07a's judge, which may always answer 'star') averaged over seeds; Euler with Karras levels, 8 steps."
+    rows = [adherence(sd.generate(captions, steps=8, sampler='euler_karras', guidance_scale=guidance, seed=s, output_type='pt') * 2 - 1,
+                      captions, SHAPES + ('star',)) for s in seeds]
+    return {k: round(sum(r[k] for r in rows) / len(rows), 3) for k in rows[0]}
+
+def star_report(sd, scales:tuple=(2.0, 3.0, 4.0)) -> tuple:
+    "({scale: adherence on the 56 star captions}, adherence on the 224 base captions at guidance 2 with one seed)."
+    return ({g: star_measure(sd, all_captions(shape='star'), g) for g in scales},
+            star_measure(sd, all_captions(), 2.0, seeds=(0,)))
+

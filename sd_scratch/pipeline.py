@@ -109,20 +109,10 @@ class StableDiffusion:
         "A fresh sampler over `steps` steps for this pipeline's noise schedule (`sd_scratch.samplers.make_sampler`)."
         return make_sampler(sampler, self.schedule, steps, eta)
 
-    def load_lora(self, path, # a LoRA file: ours (`sd_scratch.lora.save_lora`) or diffusers/peft's `save_lora_weights`
-                  scale:float=1.0): # strength: 0 = the model without it, 1 = as trained
-        "Add a LoRA adapter to the UNet (lesson 07b; one at a time: `unload_lora` first to change it)."
-        from sd_scratch.lora import load_lora                        # taught in 07b, after this lesson
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-            raise ValueError(f"LoRA scale must be a finite number, got {scale!r}")
-        load_lora(self.unet, path, scale)
-        return self
-
-    def unload_lora(self):
-        "Remove the LoRA adapter: the UNet's own weights, bit for bit."
-        from sd_scratch.lora import remove_lora
-        remove_lora(self.unet)
-        return self
+    def __getattr__(self, name):
+        if name in ('load_lora', 'unload_lora'):                       # added by lesson 07b, which this lesson comes before
+            raise AttributeError(f"StableDiffusion.{name} is added by the LoRA lesson (07b): `import sd_scratch.lora` first")
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def compile(self, unet:bool=True, # sample through a compiled UNet (where sampling spends its time)
                 vae:bool=False, # also decode through a compiled VAE decoder (one call per batch)
