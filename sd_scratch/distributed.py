@@ -137,14 +137,15 @@ class DistributedTrainer(Trainer):
                  out_dir=None, # run folder; only rank 0 writes to it
                  pipeline=None, # as `Trainer` (rank 0 draws the sample grids)
                  progress:bool=True, # tqdm bar on rank 0
-                 env:DistEnv|None=None # default: `dist_env()`
+                 env:DistEnv|None=None, # default: `dist_env()`
+                 val=None # held-out `LatentCache`: every rank computes the same validation loss (no communication)
                 ):
         self.env = env or dist_env()
         if self.env.distributed and not dist.is_initialized(): raise RuntimeError("call init_distributed() first")
         if cfg.device == 'auto' and torch.cuda.is_available():   # each process drives its own GPU
             cfg = dataclasses.replace(cfg, device=f'cuda:{self.env.local_rank}')
         self.rank, self.world_size, self.is_main = self.env.rank, self.env.world_size, self.env.is_main
-        super().__init__(model, data, cfg, out_dir, pipeline, progress)
+        super().__init__(model, data, cfg, out_dir, pipeline, progress, val)
         self.model = wrap_ddp(self.model, self.env)   # after the optimizer and EMA: DDP shares the same Parameters
 
     def barrier(self):

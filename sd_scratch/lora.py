@@ -11,7 +11,7 @@ from fastcore.basics import patch
 from .core import atomic_write, load_safetensors
 from .data import ShapesDataset, SHAPES, all_captions
 from .pipeline import StableDiffusion
-from .trainer import build_latent_cache, pipeline_encoders
+from .trainer import build_latent_cache
 from .evaluate import adherence
 
 # %% auto #0
@@ -210,11 +210,13 @@ def concept_cache(sd, # the pipeline whose VAE and text encoder encode the data 
                   seed:int=1, # data seed (the replayed images use seed + 1)
                   size:int|None=None): # image side (default: the pipeline's)
     "A `LatentCache` (lesson 07) of `n_new` images of the new shapes and `n_replay` of the base shapes, encoded once by `sd`'s VAE and text encoder."
-    size, enc = size or sd.default_size, pipeline_encoders(sd)
+    size = size or sd.default_size
     parts = [ShapesDataset(n_new, size, seed, shapes=tuple(shapes))]                   # e.g. stars
     if n_replay: parts.append(ShapesDataset(n_replay, size, seed + 1))                # and the base shapes, replayed
-    return build_latent_cache(torch.cat([d.tensors() for d in parts]), [c for d in parts for c in d.captions],
-                              enc.encode_images, enc.encode_text)
+    encode_images = lambda x: (sd.vae.encode(x.to(sd.device)).mean * sd.scaling_factor).float().cpu()   # (B, 3, H, W) -> (B, C, H/8, W/8)
+    encode_text = lambda caps: sd.encode_prompt(list(caps)).float().cpu()                              # (B,) -> (B, 77, D)
+    with torch.no_grad():
+        return build_latent_cache(torch.cat([d.tensors() for d in parts]), [c for d in parts for c in d.captions], encode_images, encode_text)
 
 # %% ../nbs/07b_lora.ipynb #e1ed92e0
 STAR_FLOOR = 0.90    # the floor for a new concept: a star drawn for at least 90% of the star captions at the best guidance scale

@@ -13,8 +13,8 @@ from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import 
 
 # %% auto #0
 __all__ = ['TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'RunConfig', 'load_run_config', 'build_model', 'init_unet_path',
-           'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'RunFolder',
-           'export_lora', 'train_run']
+           'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache',
+           'latent_cache_from_shards', 'build_data', 'RunFolder', 'export_lora', 'train_run']
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
 @dataclass
@@ -191,6 +191,30 @@ def _init_unet(run:RunConfig) -> nn.Module:
         inject_lora(unet, **kw)
     return unet
 
+def hash_text_encoder(context_len:int=6, context_dim:int=16):
+    "A stand-in text encoder for tests: a fixed pseudo-random (L, D) context per caption, from a hash of its bytes."
+    def encode(captions):
+        return torch.stack([torch.randn(context_len, context_dim, generator=torch.Generator().manual_seed(zlib.crc32(c.encode())))
+                            for c in captions])
+    return encode
+
+@dataclass
+class Encoders:
+    "The frozen parts of a recipe."
+    encode_text:object            # list of captions -> (B, L, D) contexts
+    encode_images:object = None   # (B, 3, H, W) images in [-1, 1] -> (B, C, h, w) scaled latents
+    pipeline:object = None        # a `StableDiffusion` holding the tokenizer, text encoder and VAE, for sample grids
+
+def pipeline_encoders(sd) -> Encoders:
+    "Frozen encoders from a `StableDiffusion`'s tokenizer, text encoder and VAE (its UNet is not used)."
+    sd.text_encoder.eval().requires_grad_(False); sd.vae.eval().requires_grad_(False)
+    @torch.no_grad()
+    def encode_text(captions):                                        # (B,) -> (B, 77, D)
+        return sd.text_encoder(sd.tokenizer(list(captions)).to(next(sd.text_encoder.parameters()).device)).float().cpu()
+    @torch.no_grad()
+    def encode_images(x): return (sd.vae.encode(x.to(next(sd.vae.parameters()).device)).mean * sd.scaling_factor).float().cpu()   # (B, 3, H, W) -> (B, C, H/8, W/8)
+    return Encoders(encode_text, encode_images, sd)
+
 def recipe_encoders(run:RunConfig, device=None # where the frozen networks run (default: the recipe's device)
                    ) -> Encoders:
     "The frozen text encoder (and VAE) of a recipe: the shipped toy ones, those of a local SD 1.x file, or hashed contexts."
@@ -292,7 +316,7 @@ class RunFolder:
 
 # %% ../nbs/07c_recipes.ipynb #a9003ff7
 BOOKKEEPING = dict(train=('log_every', 'ckpt_every', 'sample_every', 'sample_prompts', 'sample_steps', 'sample_guidance', 'device', 'steps',
-                         'channels_last', 'compile'),
+                         'channels_last', 'compile', 'val_every', 'val_timesteps'),
                    run=('name', 'nproc', 'loader_workers'))   # what a resumed run may change (a longer run is announced)
 
 def _check_resume(saved:dict, run:RunConfig):

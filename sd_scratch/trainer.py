@@ -14,9 +14,9 @@ from .schedulers import NoiseSchedule
 
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TrainConfig', 'min_snr_weight', 'diffusion_loss', 'lr_at', 'unwrap', 'EMA',
-           'LatentCache', 'build_latent_cache', 'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'step_generator',
-           'add_offset_noise', 'draw_noise', 'draw_batch', 'make_optimizer', 'train_step', 'Trainer', 'read_log',
-           'plot_loss_curve', 'LiveLossPlot', 'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache']
+           'LatentCache', 'build_latent_cache', 'step_generator', 'add_offset_noise', 'draw_noise', 'draw_batch',
+           'make_optimizer', 'train_step', 'validation_loss', 'Trainer', 'read_log', 'plot_loss_curve', 'LiveLossPlot',
+           'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache']
 
 # %% ../nbs/07_training.ipynb #bd6c1655
 @dataclass
@@ -56,6 +56,8 @@ class TrainConfig:
                             'a yellow triangle on a purple background', 'a white cross on a black background')
     sample_steps:int = 25            # DDIM steps of the sample grids
     sample_guidance:float = 4.0      # classifier-free guidance scale of the sample grids
+    val_every:int = 0                # compute the loss on held-out data every this many steps (0: never; the trainer needs `val` data)
+    val_timesteps:int = 10           # the validation loss looks at each held-out latent at this many fixed, evenly spaced timesteps
 
     def __post_init__(self):
         for k in ('adam_betas', 'sample_prompts'):
@@ -68,10 +70,10 @@ class TrainConfig:
         "Raise a `ValueError` naming the first problem found."
         def need(ok, msg):
             if not ok: raise ValueError(f"TrainConfig: {msg}")
-        for k in ('num_train_timesteps', 'steps', 'batch_size', 'grad_accum_steps', 'sample_steps'):
+        for k in ('num_train_timesteps', 'steps', 'batch_size', 'grad_accum_steps', 'sample_steps', 'val_timesteps'):
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive int, got {v!r}")
-        for k in ('warmup_steps', 'log_every', 'ckpt_every', 'sample_every', 'seed'):
+        for k in ('warmup_steps', 'log_every', 'ckpt_every', 'sample_every', 'val_every', 'seed'):
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{k} must be an int >= 0, got {v!r}")
         def number(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
@@ -232,6 +234,19 @@ class LatentCache:
         "This process's share of micro-batch `micro` of optimizer step `step` (`draw_batch`): what a trainer asks its data for."
         return draw_batch(self, cfg, step, micro, rank, world_size)
 
+    def subset(self, idx) -> LatentCache:
+        "The latents at `idx` (their captions and contexts stay: caption ids keep their meaning)."
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        return LatentCache(self.latents[idx], self.caption_ids[idx], self.captions, self.contexts, self.empty_context)
+
+    def split(self, n_val:int, # how many latents to hold out
+              seed:int=0 # which ones: a fixed random choice for a seed
+             ) -> tuple:
+        "(training part, held-out part): `n_val` latents chosen by `seed`, never trained on."
+        if not 0 < n_val < len(self): raise ValueError(f"cannot hold out {n_val} of {len(self)} latents: keep at least one for training")
+        perm = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))
+        return self.subset(perm[n_val:].sort().values), self.subset(perm[:n_val].sort().values)
+
     def context_for(self, caption:str) -> torch.Tensor:
         "The cached context (L, D) of a caption seen in training ('' gives the empty prompt's)."
         if caption == '': return self.empty_context
@@ -267,32 +282,6 @@ def build_latent_cache(images:torch.Tensor, # (N, 3, H, W) in [-1, 1]
     ctx = torch.cat([encode_text(uniq[i:i + batch_size]).float().cpu() for i in range(0, len(uniq), batch_size)])
     empty = encode_text(['']).float().cpu()[0]
     return LatentCache(lat, ids, uniq, ctx, empty)
-
-# %% ../nbs/07_training.ipynb #13119cf7
-def hash_text_encoder(context_len:int=6, context_dim:int=16):
-    "A stand-in text encoder for tests: a fixed pseudo-random (L, D) context per caption, from a hash of its bytes."
-    def encode(captions):
-        return torch.stack([torch.randn(context_len, context_dim, generator=torch.Generator().manual_seed(zlib.crc32(c.encode())))
-                            for c in captions])
-    return encode
-
-@dataclass
-class Encoders:
-    "The frozen parts of a recipe."
-    encode_text:object            # list of captions -> (B, L, D) contexts
-    encode_images:object = None   # (B, 3, H, W) images in [-1, 1] -> (B, C, h, w) scaled latents
-    pipeline:object = None        # a `StableDiffusion` holding the tokenizer, text encoder and VAE, for sample grids
-
-def pipeline_encoders(sd) -> Encoders:
-    "Frozen encoders from a `StableDiffusion`'s tokenizer, text encoder and VAE (its UNet is not used)."
-    sd.text_encoder.eval().requires_grad_(False); sd.vae.eval().requires_grad_(False)
-    @torch.no_grad()
-    def encode_text(captions):                                        # (B,) -> (B, 77, D)
-        return sd.text_encoder(sd.tokenizer(list(captions)).to(next(sd.text_encoder.parameters()).device)).float().cpu()
-    @torch.no_grad()
-    def encode_images(x): return (sd.vae.encode(x.to(next(sd.vae.parameters()).device)).mean * sd.scaling_factor).float().cpu()   # (B, 3, H, W) -> (B, C, H/8, W/8)
-    return Encoders(encode_text, encode_images, sd)
-
 
 # %% ../nbs/07_training.ipynb #7269f2dc
 def step_generator(seed:int, step:int, micro:int=0) -> torch.Generator:
@@ -380,6 +369,32 @@ def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in t
     if ema is not None: ema.update(model, step)
     return dict(step=step, loss=loss, lr=lr, grad_norm=grad_norm)
 
+# %% ../nbs/07_training.ipynb #81865b0e
+@torch.no_grad()
+def validation_loss(model:nn.Module, # the noise predictor (or its DDP wrapper)
+                    val:LatentCache, # held-out latents, never trained on
+                    schedule:NoiseSchedule, # the forward process
+                    cfg:TrainConfig, # val_timesteps, min_snr_gamma, mixed_precision
+                    batch_size:int=64 # (latent, timestep) pairs per forward pass
+                   ) -> float:
+    "The mean loss over every held-out latent at `cfg.val_timesteps` fixed timesteps with fixed noise: the same inputs at every call."
+    m = unwrap(model); was_training = m.training; m.eval()
+    device, K, T = next(m.parameters()).device, cfg.val_timesteps, cfg.num_train_timesteps
+    ts = ((torch.arange(K) + 0.5) * T / K).long()                 # K evenly spaced timesteps, e.g. 50, 150, ..., 950 for K = 10
+    pairs = [(i, k) for i in range(len(val)) for k in range(K)]   # every latent at every timestep
+    dtype = torch.bfloat16 if cfg.mixed_precision == 'bf16' else None
+    total = 0.0
+    try:
+        for c, start in enumerate(range(0, len(pairs), batch_size)):
+            i, k = map(torch.tensor, zip(*pairs[start:start + batch_size]))
+            z0 = val.latents[i].float()
+            noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1_000_003 + c))   # fixed: chunk c gets the same noise every call
+            ctx = val.contexts[val.caption_ids[i]].float()
+            loss = diffusion_loss(m, schedule, z0.to(device), ts[k].to(device), noise.to(device), ctx.to(device), cfg.min_snr_gamma, dtype)
+            total += loss.item() * len(i)
+    finally: m.train(was_training)
+    return total / len(pairs)
+
 # %% ../nbs/07_training.ipynb #649673a1
 CHECKPOINT_FORMAT = 'sd_scratch.train.v1'
 
@@ -405,9 +420,11 @@ class Trainer:
                  cfg:TrainConfig, # the run's configuration
                  out_dir=None, # where log.jsonl, samples/ and checkpoint.safetensors go (None: nothing written)
                  pipeline=None, # a `StableDiffusion` (tokenizer, text encoder, VAE) to draw sample grids with; None: no grids
-                 progress=True # True: a tqdm bar; False: nothing; a callable (e.g. `LiveLossPlot()`): given every step's metrics record
+                 progress=True, # True: a tqdm bar; False: nothing; a callable (e.g. `LiveLossPlot()`): given every step's metrics record
+                 val:LatentCache|None=None # held-out data: every `cfg.val_every` steps its `validation_loss` is logged as `val_loss`
                 ):
-        self.cfg, self.data, self.pipeline, self.progress = cfg, data, pipeline, progress
+        self.cfg, self.data, self.pipeline, self.progress, self.val = cfg, data, pipeline, progress, val
+        if cfg.val_every and val is None: raise ValueError(f"val_every={cfg.val_every} but no held-out data was given (val=None)")
         self.device = default_device(None if cfg.device == 'auto' else cfg.device)
         self.model = model.to(self.device).train()
         if cfg.channels_last: self.model = self.model.to(memory_format=torch.channels_last)   # 4-d weights (convs) become NHWC
@@ -432,7 +449,7 @@ class Trainer:
 
     def _log(self, rec:dict):
         self.history.append(rec)
-        if self.is_main and self.log_path is not None and rec['step'] % self.cfg.log_every == 0:
+        if self.is_main and self.log_path is not None and (rec['step'] % self.cfg.log_every == 0 or 'val_loss' in rec):
             with open(self.log_path, 'a') as f: f.write(json.dumps(rec) + '\n')
 
     def train_one_step(self) -> dict:
@@ -455,7 +472,7 @@ class Trainer:
            ) -> list:
         "Train from the current step up to `until`; returns the metrics of the steps taken."
         until = self.cfg.steps if until is None else until
-        start, taken, saved = self.step, [], None
+        start, taken, saved, shown = self.step, [], None, '-' 
         report = self.progress if callable(self.progress) and self.is_main else None    # e.g. a `LiveLossPlot`
         bar = tqdm(total=until, initial=start, desc='train', disable=not (self.progress is True and self.is_main), leave=False)
         try:
@@ -464,8 +481,10 @@ class Trainer:
                 rec = self.reduce_metrics(self.train_one_step())
                 rec['seconds'] = round(time.perf_counter() - t0, 4)
                 self.step += 1
+                if self.val is not None and self.cfg.val_every and (self.step % self.cfg.val_every == 0 or self.step == self.cfg.steps):
+                    rec['val_loss'] = self.validate(); shown = f"{rec['val_loss']:.4f}"
                 self._log(rec); taken.append(rec)
-                bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", lr=f"{rec['lr']:.2e}")
+                bar.update(1); bar.set_postfix(loss=f"{rec['loss']:.4f}", **({'val': shown} if self.val is not None and self.cfg.val_every else {}), lr=f"{rec['lr']:.2e}")
                 if report is not None: report(rec)
                 if self.cfg.sample_every and self.step % self.cfg.sample_every == 0: self.save_samples()
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.checkpoint_path is not None:
@@ -475,6 +494,10 @@ class Trainer:
             if report is not None and hasattr(report, 'done'): report.done()   # e.g. draw the last steps
         if self.checkpoint_path is not None and self.step > start and saved != self.step: self.save_checkpoint()
         return taken
+
+    def validate(self) -> float:
+        "The `validation_loss` of the model being trained (the live weights) on the held-out data."
+        return validation_loss(self.model, self.val, self.schedule, self.cfg)
 
     def ema_model(self) -> nn.Module:
         "A copy of the model holding the EMA weights, in eval mode."
@@ -591,14 +614,18 @@ def read_log(path) -> list:
 def plot_loss_curve(records:list, # metrics records (from `read_log` or `Trainer.history`)
                     smooth:float=0.9, # EMA smoothing of the plotted curve (0: none)
                     ax=None, title:str|None=None):
-    "Plot the loss per step (faint) and its exponential moving average (bold); returns the axes."
-    if ax is None: _, ax = _subplots()
+    "Plot the loss per step (faint), its exponential moving average (bold) and the validation loss where logged (dots); returns the axes."
+    if ax is None:
+        import matplotlib.pyplot as plt
+        _, ax = plt.subplots(figsize=(5, 3), dpi=60)
     steps, losses = [r['step'] for r in records], [r['loss'] for r in records]
     ax.plot(steps, losses, alpha=0.3, lw=0.8, label='loss')
     if smooth and losses:
         s, avg = losses[0], []
         for l in losses: s = smooth * s + (1 - smooth) * l; avg.append(s)
         ax.plot(steps, avg, lw=1.8, label=f'EMA {smooth}')
+    val = [(r['step'], r['val_loss']) for r in records if 'val_loss' in r]
+    if val: ax.plot(*zip(*val), 'o-', ms=3, lw=1.5, label='validation')
     ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend()
     if title: ax.set_title(title)
     return ax
@@ -629,7 +656,8 @@ class LiveLossPlot:
         self.fig = Figure(figsize=self.figsize, dpi=self.dpi)
         last = self.records[-1]
         self.ax = plot_loss_curve(self.records, self.smooth, ax=self.fig.subplots(),
-                                  title=f"{self.title}: step {last['step'] + 1}, loss {last['loss']:.4f}")
+                                  title=f"{self.title}: step {last['step'] + 1}, loss {last['loss']:.4f}" +
+                                        next((f", val {r['val_loss']:.4f}" for r in reversed(self.records) if 'val_loss' in r), ''))
         self.draws, self.drawn = self.draws + 1, len(self.records)
         try:
             from IPython import get_ipython
@@ -641,9 +669,6 @@ class LiveLossPlot:
         if self.handle is None: self.handle = display(img, display_id=True)
         else: self.handle.update(img)
 
-def _subplots(**kw):
-    import matplotlib.pyplot as plt
-    return plt.subplots(figsize=kw.pop('figsize', (5, 3)), dpi=kw.pop('dpi', 60), **kw)
 
 # %% ../nbs/07_training.ipynb #79ac6f8e
 @dataclass
