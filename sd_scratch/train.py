@@ -4,7 +4,7 @@
 
 # %% ../nbs/07c_recipes.ipynb #4f4ce0c6
 from __future__ import annotations
-import json, math, os, copy, dataclasses
+import json, math, os, copy, zlib, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch, torch.nn as nn
