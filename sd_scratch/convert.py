@@ -22,7 +22,7 @@ _all_ = ['clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers'] 
 __all__ = ['SDConfig', 'clip_key_to_ldm', 'vae_key_to_ldm', 'ldm_shape', 'vae_weight_to_ldm', 'unet_key_to_ldm', 'no_init',
            'build_nets', 'key_map_of', 'ldm_key_map', 'ema_key', 'ldm_schedule_buffers', 'CheckpointError',
            'LightningPlaceholder', 'read_checkpoint', 'nets_from_ldm', 'load_single_file', 'sd_config_of',
-           'ldm_state_of', 'save_single_file', 'load_diffusers_folder', 'vae_key_to_diffusers',
+           'ldm_state_of', 'save_single_file', 'load_diffusers_folder', 'load_pipeline', 'vae_key_to_diffusers',
            'clip_key_to_transformers', 'unet_config_to_diffusers', 'vae_config_to_diffusers',
            'clip_config_to_transformers', 'ddim_scheduler_config', 'tokenizer_files', 'diffusers_folder_files',
            'save_diffusers_folder', 'clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers']
@@ -389,6 +389,18 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
     size = unet_json.get('sample_size')                  # diffusers' default image side: the UNet's latent side times the VAE's factor
     size = size * vae.cfg.downsample_factor if isinstance(size, int) else 512
     return StableDiffusion(tokenizer, text.eval(), vae.eval(), unet.eval(), schedule, default_size=size)
+
+# %% ../nbs/06a_convert.ipynb #a4edd48e
+def load_pipeline(checkpoint, # 'toy' (the shipped toy model), an SD 1.x single file (.safetensors / .ckpt), or a diffusers folder
+                  use_ema:bool=True # single files that hold both: the UNet's EMA weights
+                 ):
+    "A `StableDiffusion` from any of the three, told apart by what the path is; a missing path is named."
+    from sd_scratch.pipeline import StableDiffusion
+    if str(checkpoint) == 'toy': return StableDiffusion.from_pretrained('toy')
+    p = Path(checkpoint)
+    if p.is_dir(): return load_diffusers_folder(p)
+    if p.is_file(): return load_single_file(p, use_ema=use_ema)
+    raise FileNotFoundError(f"checkpoint {str(p)!r} not found: give 'toy', an SD 1.x .safetensors/.ckpt file or a diffusers folder")
 
 # %% ../nbs/06a_convert.ipynb #66d0b293
 _VAE_TO_DIFFUSERS = [  # (our key pattern, diffusers' name): 02's `_DIFFUSERS_RENAMES` read backwards

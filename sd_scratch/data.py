@@ -10,9 +10,9 @@ from PIL import Image, ImageDraw
 from .core import image_to_tensor
 
 # %% auto #0
-__all__ = ['COLOURS', 'SHAPES', 'EXTRA_SHAPES', 'SIZES', 'IMAGE_EXTS', 'render_shape', 'make_caption', 'caption_vocabulary',
-           'all_captions', 'ShapesDataset', 'ShardStats', 'iter_image_folder', 'iter_tar_shards', 'resize_center_crop',
-           'write_image_shards', 'encode_latent_shards', 'LatentShardDataset']
+__all__ = ['COLOURS', 'SHAPES', 'EXTRA_SHAPES', 'SIZES', 'IMAGE_EXTS', 'METADATA_FILES', 'render_shape', 'make_caption',
+           'caption_vocabulary', 'all_captions', 'ShapesDataset', 'ShardStats', 'folder_metadata', 'iter_image_folder',
+           'iter_tar_shards', 'resize_center_crop', 'write_image_shards', 'encode_latent_shards', 'LatentShardDataset']
 
 # %% ../nbs/00a_data.ipynb #9d00a7db
 COLOURS = {                      # colour name -> RGB, the shape and background palette
@@ -155,7 +155,7 @@ class ShapesDataset(torch.utils.data.Dataset):
     def __repr__(self): return f"ShapesDataset(n={self.n}, size={self.size}, seed={self.seed})"
 
 # %% ../nbs/00a_data.ipynb #3ec7bcad
-import contextlib, io, json, lzma, os, random, tarfile, warnings, zlib
+import contextlib, csv, io, json, lzma, os, random, tarfile, warnings, zlib
 from collections import Counter
 from dataclasses import dataclass, asdict, fields
 from pathlib import Path
@@ -165,6 +165,7 @@ import webdataset as wds
 from .core import atomic_write
 
 IMAGE_EXTS = ('.jpg', '.jpeg', '.png', '.webp', '.bmp')   # file suffixes read as images
+METADATA_FILES = ('metadata.jsonl', 'metadata.csv')     # captions of an image folder, as Hugging Face's imagefolder reads them
 
 # %% ../nbs/00a_data.ipynb #3d4ff509
 @dataclass
@@ -180,11 +181,13 @@ class ShardStats:
     bad_meta:int = 0      # metadata that is not a JSON object
     duplicate_key:int = 0 # a second image under a key already written (x.jpg and x.png beside one x.txt)
     bad_shards:int = 0    # damaged input tar shards (each named in a warning; the samples before the damage are read)
+    missing_image:int = 0 # a metadata.jsonl / metadata.csv row whose file_name is not an image in the folder
+    kept:int = 0          # samples already in the finished shards of an interrupted run (`resume=True`): kept, not redone
 
     @property
     def skipped(self) -> int:
         "Samples read but not written."
-        return sum(getattr(self, f.name) for f in fields(self) if f.name not in ('seen', 'written', 'bad_shards'))
+        return sum(getattr(self, f.name) for f in fields(self) if f.name not in ('seen', 'written', 'bad_shards', 'kept'))
 
     def _add(self, other:ShardStats):
         for f in fields(self): setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
@@ -234,6 +237,43 @@ def _os_error(e:OSError, message:str) -> OSError:
     "An OSError of the same kind as `e` (same errno) with a message that names the file and says what was kept."
     return OSError(e.errno, message) if e.errno is not None else type(e)(message)
 
+# %% ../nbs/00a_data.ipynb #7545ff16
+def _metadata_rows(path:Path) -> tuple:
+    "([(line number, row dict or None)], why not readable or None) of one metadata.jsonl / metadata.csv file."
+    try: text = path.read_bytes().decode('utf-8-sig')
+    except (OSError, UnicodeDecodeError) as e: return [], f"cannot be read as UTF-8 text ({e})"
+    if path.suffix == '.csv':
+        try: return list(enumerate(csv.DictReader(io.StringIO(text)), 2)), None
+        except csv.Error as e: return [], f"is not valid CSV ({e})"
+    rows = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip(): continue
+        try: r = json.loads(line)
+        except json.JSONDecodeError: r = None
+        rows.append((n, r if isinstance(r, dict) else None))
+    return rows, None
+
+def folder_metadata(folder # an image folder
+                   ) -> dict:
+    """{image path relative to `folder`: (caption or None, the row's other columns)} from every `metadata.jsonl` / `metadata.csv` in
+    `folder` and its subfolders (Hugging Face's imagefolder layout: a `file_name` relative to the metadata file's folder, the caption
+    in `text` or `caption`). Rows that cannot be used are named in a warning, with their line numbers."""
+    folder, out = Path(folder), {}
+    for root, _, names in os.walk(folder):
+        for name in sorted(set(names) & set(METADATA_FILES)):
+            path = Path(root, name)
+            rows, why = _metadata_rows(path)
+            if why: warnings.warn(f"{path} {why}: none of its captions are used"); continue
+            bad = []
+            for n, r in rows:
+                f, cap = (r.get('file_name'), r.get('text', r.get('caption'))) if r else (None, None)
+                rel = os.path.normpath(os.path.join(os.path.relpath(root, folder), f)) if isinstance(f, str) and f else None
+                if rel is None or rel.startswith('..') or os.path.isabs(f) or not (cap is None or isinstance(cap, str)): bad.append(n); continue
+                out[Path(rel).as_posix()] = (cap, {k: v for k, v in r.items() if k not in ('file_name', 'text', 'caption')})
+            if bad: warnings.warn(f"{path}: {len(bad)} rows without a usable file_name and text (lines {', '.join(map(str, bad[:8]))}"
+                                  f"{', ...' if len(bad) > 8 else ''}) were skipped")
+    return out
+
 # %% ../nbs/00a_data.ipynb #53c013c8
 _TAR_IMAGE_EXTS = tuple(e[1:] for e in IMAGE_EXTS)              # extensions of images inside tar shards
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)   # what PIL raises on bad bytes
@@ -259,17 +299,24 @@ def _read_meta(data:bytes) -> dict:
     return m
 
 def _folder_samples(folder:Path, images:list, stats:ShardStats):
-    "`(key, image_bytes, caption, meta)` for each image of `images` (paths under `folder`); the ones that cannot be read are counted in `stats`."
+    "`(key, image_bytes, caption, meta)` for each image of `images` (paths under `folder`); the ones that cannot be read are counted in `stats`. The caption is the `.txt` beside the image, else its row in a metadata file (`folder_metadata`)."
+    rows, found = folder_metadata(folder), set()
     for p in images:
         stats.seen += 1
         txt, meta = p.with_suffix('.txt'), p.with_suffix('.json')
-        try: caption = _read_caption(txt.read_bytes()) if txt.is_file() else None
+        rel = p.relative_to(folder).as_posix(); found.add(rel)
+        row_caption, row_meta = rows.get(rel, (None, {}))
+        try: caption = _read_caption(txt.read_bytes()) if txt.is_file() else (row_caption.strip() if row_caption else None)
         except (UnicodeDecodeError, OSError): stats.bad_caption += 1; continue
-        try: m = _read_meta(meta.read_bytes()) if meta.is_file() else {}
+        try: m = _read_meta(meta.read_bytes()) if meta.is_file() else row_meta
         except (ValueError, OSError): stats.bad_meta += 1; continue
         try: data = p.read_bytes()
         except OSError: stats.unreadable += 1; continue                # a broken link, no permission
         yield _escape_key(p.relative_to(folder).with_suffix('').as_posix()), data, caption, m
+    missing = sorted(set(rows) - found)
+    if missing:                                                  # listed in a metadata file, but not an image of this folder
+        stats.seen += len(missing); stats.missing_image += len(missing)
+        warnings.warn(f"{folder}: {len(missing)} metadata rows name images that are not in the folder: {', '.join(missing[:5])}{', ...' if len(missing) > 5 else ''}")
 
 def _tar_samples(path:Path, stats:ShardStats):
     "`(key, image_bytes, caption, meta)` for each sample of one tar shard, keys as in the shard; problems counted in `stats`, a damaged shard named in a warning."
@@ -371,7 +418,17 @@ def _image_source(source) -> tuple:
         if twice: raise ValueError(f"several source shards are named {twice[:5]}: their samples would get the same keys; rename them")
     return kind, folder, paths
 
-def _output_folder(out_dir, kind:str, folder, paths:list, overwrite:bool) -> Path:
+def _finished_shards(out:Path) -> tuple:
+    "(number of finished shards 00000.tar ... in `out`, the sample keys they hold): what an interrupted `write_image_shards` left."
+    names = sorted(p.name for p in out.glob('*.tar'))
+    if names != [f"{n:05d}.tar" for n in range(len(names))]:
+        raise FileExistsError(f"{out} holds .tar files that are not the numbered shards of one run ({', '.join(names[:3])}, ...): cannot resume into it")
+    keys = set()
+    for n in names:
+        with tarfile.open(out/n) as tar: keys.update(_split_member(m)[0] for m in tar.getnames())
+    return len(names), keys - {None}
+
+def _output_folder(out_dir, kind:str, folder, paths:list, overwrite:bool, resume:bool=False) -> Path:
     "`out_dir`, checked and ready for new shards (see `write_image_shards`)."
     out = Path(out_dir); o = out.resolve()
     if out.exists() and not out.is_dir(): raise NotADirectoryError(f"{out} is a file, not a folder for shards")
@@ -380,6 +437,11 @@ def _output_folder(out_dir, kind:str, folder, paths:list, overwrite:bool) -> Pat
     if kind == 'tars' and o in {p.parent.resolve() for p in paths}:
         raise ValueError(f"{out} holds source shards: new shards would replace or mix with them; write them elsewhere")
     old = sorted(out.iterdir()) if out.is_dir() else []
+    if resume:                                                   # the shards an interrupted run finished stay; its temporary files go
+        for p in old:
+            if p.name.startswith('.') and p.suffix == '.tmp': p.unlink()
+        out.mkdir(parents=True, exist_ok=True)
+        return out
     if old and not overwrite:
         raise FileExistsError(f"{out} is not empty ({len(old)} entr{'y' if len(old) == 1 else 'ies'}: {', '.join(p.name for p in old[:3])}{', ...' if len(old) > 3 else ''}); new shards "
                               "would mix with them, since a reader takes every .tar in a folder. Pass overwrite=True to delete its .tar files first, or write to an empty folder")
@@ -398,7 +460,8 @@ def write_image_shards(source, # a folder of image + .txt pairs, a folder of .ta
                        samples_per_shard:int=1000, # samples per output tar
                        quality:int=95, # JPEG quality of the written images
                        progress:bool=True, # tqdm bar
-                       overwrite:bool=False # out_dir may hold files: delete its .tar shards first (False: a non-empty out_dir is refused)
+                       overwrite:bool=False, # out_dir may hold files: delete its .tar shards first (False: a non-empty out_dir is refused)
+                       resume:bool=False # out_dir holds the finished shards of an interrupted run of this same call: keep them, write the rest
                       ) -> ShardStats:
     """Turn image-caption pairs into WebDataset shards (`KEY.jpg`, `KEY.txt`, `KEY.json`) at one resolution.
     A source folder holds images with captions (read recursively) or .tar shards, never both: a folder with both is refused.
@@ -408,17 +471,20 @@ def write_image_shards(source, # a folder of image + .txt pairs, a folder of .ta
     if not isinstance(samples_per_shard, int) or samples_per_shard < 1: raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
     min_size = size if min_size is None else min_size
     kind, folder, paths = _image_source(source)
-    out = _output_folder(out_dir, kind, folder, paths, overwrite)
+    if resume and overwrite: raise ValueError("resume=True keeps the finished shards and overwrite=True deletes them: choose one")
+    out = _output_folder(out_dir, kind, folder, paths, overwrite, resume)
+    first, done = _finished_shards(out) if resume else (0, set())
     stats, keys = ShardStats(), set()
     samples = _folder_samples(folder, paths, stats) if kind == 'images' else iter_tar_shards(paths, stats)
-    sink = _ShardSink(out, samples_per_shard)
+    sink = _ShardSink(out, samples_per_shard); sink.shard = first    # new shards are numbered after the finished ones
     try:
         with warnings.catch_warnings(), sink:
             warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-            for key, data, caption, meta in tqdm(samples, desc='image shards', disable=not progress, leave=False):
+            for key, data, caption, meta in tqdm(samples, desc='image shards', unit='img', disable=not progress, leave=False):
                 if not caption: stats.no_caption += 1; continue
                 score = meta.get(score_key)
                 if min_score is not None and isinstance(score, (int, float)) and score < min_score: stats.low_score += 1; continue
+                if key in done and key not in keys: keys.add(key); stats.kept += 1; continue   # written before the interruption
                 try:
                     with Image.open(io.BytesIO(data)) as im:
                         if min(im.size) < min_size: stats.too_small += 1; continue
@@ -496,7 +562,8 @@ def encode_latent_shards(image_shards, # a folder of .tar image shards (from `wr
     out.mkdir(parents=True, exist_ok=True)
     stats = ShardStats() if stats is None else stats
     written = []
-    for path in tqdm(shards[rank::world_size], desc=f'latent shards (rank {rank})', disable=not progress, leave=False):
+    bar = tqdm(desc=f'latent shards (rank {rank})', unit='img', disable=not progress, leave=False)   # images per second
+    for path in shards[rank::world_size]:
         target = out/path.name
         if target.exists(): written.append(target); continue       # done by an earlier (interrupted) run
         st = ShardStats()
@@ -512,6 +579,7 @@ def encode_latent_shards(image_shards, # a folder of .tar image shards (from `wr
                         for (key, _, caption, meta), zi in zip(chunk, z):
                             sink.write({'__key__': key, 'latent.npy': _npy_bytes(zi.numpy()), 'txt': caption.encode(), 'json': json.dumps(meta).encode()})
                             st.written += 1
+                        bar.update(len(chunk))
                 finally: sink.close()
         except OSError as e:
             raise _os_error(e, f"could not write the latent shard {target}: {e.strerror or e}. It was not written (no partial file is left); "
@@ -519,6 +587,7 @@ def encode_latent_shards(image_shards, # a folder of .tar image shards (from `wr
         stats._add(st)
         if st.skipped: warnings.warn(f"{path}: skipped {st.skipped} of {st.seen} samples ({st})")
         written.append(target)
+    bar.close()
     return written
 
 # %% ../nbs/00a_data.ipynb #af41e024

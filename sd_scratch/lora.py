@@ -15,9 +15,10 @@ from .trainer import build_latent_cache
 from .evaluate import adherence
 
 # %% auto #0
-__all__ = ['ATTENTION_PROJECTIONS', 'LORA_METADATA_KEY', 'STAR_FLOOR', 'LoRALinear', 'inject_lora', 'lora_layers',
+__all__ = ['ATTENTION_PROJECTIONS', 'LORA_METADATA_KEY', 'KOHYA_PREFIX', 'STAR_FLOOR', 'LoRALinear', 'inject_lora', 'lora_layers',
            'lora_parameters', 'set_lora_scale', 'merge_lora', 'unmerge_lora', 'remove_lora', 'lora_state_dict',
-           'save_lora', 'read_lora', 'load_lora', 'concept_cache', 'star_measure', 'star_report']
+           'save_lora', 'read_lora', 'load_lora', 'kohya_name', 'save_lora_kohya', 'concept_cache', 'star_measure',
+           'star_report']
 
 # %% ../nbs/07b_lora.ipynb #732c6f6f
 class LoRALinear(nn.Module):
@@ -145,6 +146,7 @@ def read_lora(path # a LoRA .safetensors file in diffusers/peft names (ours, or 
              ) -> tuple[dict, dict]:
     "{layer name: (A, B)} and the adapter's config (r, lora_alpha) from a LoRA file; anything else in it is an error that names it."
     tensors, meta = load_safetensors(path)
+    if any(k.startswith(KOHYA_PREFIX) for k in tensors): return _read_kohya(tensors, path)   # kohya / A1111 names (below)
     config = json.loads(meta[LORA_METADATA_KEY]) if LORA_METADATA_KEY in meta else {}
     config = {k.removeprefix('unet.'): v for k, v in config.items() if k.startswith('unet.')}
     for k in ('rank_pattern', 'alpha_pattern'):
@@ -169,6 +171,7 @@ def load_lora(model:nn.Module, # the model to adapt (a UNet without adapters)
     "Add the adapters of a LoRA file to `model`; keys that match no layer, or shapes that do not fit, are named in the error."
     if lora_layers(model): raise ValueError("the model already has LoRA adapters: remove_lora first")
     pairs, config = read_lora(path)
+    pairs = _from_kohya_names(pairs, model)
     ranks = {a.shape[0] for a, _ in pairs.values()}
     if len(ranks) > 1: raise ValueError(f"{path}: adapters of mixed rank {sorted(ranks)} are not supported")
     rank = ranks.pop(); alpha = float(config.get('lora_alpha', rank))
@@ -185,6 +188,53 @@ def load_lora(model:nn.Module, # the model to adapt (a UNet without adapters)
         with torch.no_grad(): m.lora_A.copy_(a); m.lora_B.copy_(b)
         setattr(parent, attr, m)
     return sorted(pairs)
+
+# %% ../nbs/07b_lora.ipynb #41cb39d2
+KOHYA_PREFIX = 'lora_unet_'
+
+def kohya_name(name:str # a linear layer's module path in the UNet, e.g. 'mid_block.attentions.0.proj_in'
+              ) -> str:
+    "The layer's name in kohya's layout: `lora_unet_` + the path with '.' -> '_'."
+    return KOHYA_PREFIX + name.replace('.', '_')
+
+def save_lora_kohya(model:nn.Module, # a model with adapters (`inject_lora`)
+                    path, # the .safetensors file to write
+                    overwrite:bool=False # replace an existing file
+                   ) -> Path:
+    "Write the adapters in kohya's layout (`lora_unet_…lora_down/lora_up/alpha`), the LoRA files A1111, ComfyUI and diffusers read."
+    tensors, config = lora_state_dict(model)
+    out = {}
+    for k, v in tensors.items():
+        name, which = k.removeprefix('unet.').rsplit('.lora_', 1)                # ('down_blocks...to_q', 'A.weight')
+        out[f"{kohya_name(name)}.{'lora_down' if which == 'A.weight' else 'lora_up'}.weight"] = v
+        out[f"{kohya_name(name)}.alpha"] = torch.tensor(float(config['lora_alpha']))
+    meta = dict(ss_network_module='networks.lora', ss_network_dim=str(config['r']), ss_network_alpha=str(config['lora_alpha']),
+                ss_base_model_version='sd_v1', format='pt')
+    if not overwrite and Path(path).exists(): raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
+    with atomic_write(path, overwrite=overwrite) as tmp: save_file(out, tmp, metadata=meta)
+    return Path(path)
+
+def _read_kohya(tensors:dict, path) -> tuple[dict, dict]:
+    "`read_lora` for a file in kohya's layout: {kohya layer name: (A, B)} and the config (one alpha for all layers)."
+    pairs, alphas, unknown = {}, {}, []
+    for k, v in tensors.items():
+        stem, _, tail = k.partition('.')
+        if not stem.startswith(KOHYA_PREFIX): unknown.append(k); continue
+        if tail == 'alpha': alphas[stem] = float(v); continue
+        slot = {'lora_down.weight': 0, 'lora_up.weight': 1}.get(tail)
+        if slot is None: unknown.append(k); continue
+        pairs.setdefault(stem, [None, None])[slot] = v
+    if unknown: raise ValueError(f"{path}: {len(unknown)} keys are not kohya UNet LoRA weights (text-encoder LoRAs are not supported): {', '.join(unknown[:8])}")
+    half = [n for n, (a, b) in pairs.items() if a is None or b is None]
+    if half: raise ValueError(f"{path}: layers with only one of lora_down / lora_up: {', '.join(half[:8])}")
+    if len(set(alphas.values())) > 1: raise ValueError(f"{path}: per-layer alphas {sorted(set(alphas.values()))} are not supported")
+    return {n: tuple(ab) for n, ab in pairs.items()}, ({'lora_alpha': alphas.popitem()[1]} if alphas else {})
+
+def _from_kohya_names(pairs:dict, model:nn.Module) -> dict:
+    "Pairs keyed by kohya names, re-keyed by the model's own layer names (the model resolves the ambiguous underscores); others as given."
+    if not any(n.startswith(KOHYA_PREFIX) for n in pairs): return pairs
+    names = {kohya_name(n): n for n, m in model.named_modules() if isinstance(m, nn.Linear)}
+    return {names.get(n, n): ab for n, ab in pairs.items()}
 
 # %% ../nbs/07b_lora.ipynb #0a00eb38
 @patch

@@ -12,9 +12,10 @@ from .core import *
 from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import Trainer` keeps working
 
 # %% auto #0
-__all__ = ['TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'RunConfig', 'load_run_config', 'build_model', 'init_unet_path',
+__all__ = ['TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'RunConfig', 'with_base', 'load_run_config', 'build_model', 'init_unet_path',
            'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache',
-           'latent_cache_from_shards', 'build_data', 'RunFolder', 'export_lora', 'train_run']
+           'latent_cache_from_shards', 'build_data', 'read_latents', 'split_validation', 'RunFolder', 'export_lora',
+           'export_pipeline', 'train_run']
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
 @dataclass
@@ -23,7 +24,8 @@ class RunConfig:
     name:str = 'custom'
     model:str = 'unet'               # 'unet' (`UNet2DCondition`) or 'tiny_conv' (`TinyNoisePredictor`, for tests of the machinery)
     model_config:dict = field(default_factory=dict)   # fields of UNetConfig / TinyConvConfig
-    data:str = 'shapes'              # 'shapes' (drawn and encoded once), 'random', a `LatentCache` file, or a folder of latent shards
+    data:str = 'shapes'              # 'shapes' (drawn and encoded once), 'random', a `LatentCache` file, a folder of latent shards,
+                                     # or a folder made by `sd_scratch data` (its latents/)
     n_images:int = 4000              # 'shapes' and 'random': how many images
     image_size:int = 64              # their side in pixels (latents are 8x smaller)
     data_seed:int = 0                # seed of the 'shapes' / 'random' data
@@ -31,24 +33,38 @@ class RunConfig:
     replay:int = 0                   # 'shapes': images of the four base shapes mixed in (seed data_seed + 1), so a fine-tune keeps them
     encoders:str = 'toy'             # the frozen text encoder and VAE: 'toy' (shipped with the package), 'sd' (from
                                      # sd_checkpoint), 'hash' (a fixed random context per caption, for tests)
-    sd_checkpoint:str|None = None    # local SD 1.x single file, with encoders='sd'
+    sd_checkpoint:str|None = None    # a local SD 1.x single file or diffusers folder, for encoders='sd' and init_unet='sd'
     nproc:int = 1                    # processes the recipe is written for (the per-process batch follows from it)
     stream:bool = False              # latent shards: stream them from disk (lesson 08) instead of loading them all
     loader_workers:int = 2           # DataLoader workers per process when streaming
-    init_unet:str|None = None        # start from these UNet weights ('toy': the shipped toy UNet, or a weights file) instead of random
+    init_unet:str|None = None        # start from these UNet weights instead of random: 'toy' (the shipped toy UNet), 'sd' (the UNet of
+                                     # sd_checkpoint: fine-tune a real SD 1.x model), or a weights file (what a run exports)
     lora:dict = field(default_factory=dict)           # train LoRA adapters on `init_unet` instead of the whole UNet (07b):
                                                       # rank, alpha, targets, only (`inject_lora`); the run exports lora.safetensors
+    val_fraction:float = 0.0         # hold out this share of the data (at least one latent, chosen by data_seed) for the validation loss
+    val_data:str|None = None         # or a separate held-out set: a folder of latent shards (or `sd_scratch data` folder) or a LatentCache file
     train:dict = field(default_factory=dict)          # `TrainConfig` fields
 
     def __post_init__(self):
         def need(ok, msg):
             if not ok: raise ValueError(f"RunConfig: {msg}")
-        for k, kind in (('name', str), ('model', str), ('data', str), ('encoders', str), ('model_config', dict), ('train', dict),
+        for k, kind in (('name', str), ('model', str), ('encoders', str), ('model_config', dict), ('train', dict),
                         ('stream', bool)):
             need(isinstance(getattr(self, k), kind), f"{k} must be a {kind.__name__}, got {getattr(self, k)!r}")
         need(self.model in ('unet', 'tiny_conv'), f"model must be 'unet' or 'tiny_conv', got {self.model!r}")
         need(self.encoders in ('toy', 'sd', 'hash'), f"encoders must be 'toy', 'sd' or 'hash', got {self.encoders!r}")
-        need(self.encoders != 'sd' or self.sd_checkpoint, "encoders='sd' needs sd_checkpoint (a local SD 1.x file)")
+        need(self.encoders != 'sd' or self.sd_checkpoint, "encoders='sd' needs sd_checkpoint (a local SD 1.x file or diffusers folder; `--checkpoint` on the command line)")
+        need(self.init_unet != 'sd' or self.sd_checkpoint, "init_unet='sd' needs sd_checkpoint (a local SD 1.x file or diffusers folder; `--checkpoint` on the command line)")
+        need(self.data is not None and self.data != '', "data is not set: give a folder of latent shards (`sd_scratch data`; `--data` on the command line)")
+        need(isinstance(self.data, str), f"data must be a str, got {self.data!r}")
+        v = self.val_fraction
+        need(isinstance(v, (int, float)) and not isinstance(v, bool) and 0 <= v < 1, f"val_fraction must be a number in [0, 1), got {v!r}")
+        need(self.val_data is None or (isinstance(self.val_data, str) and self.val_data), f"val_data must be a path, got {self.val_data!r}")
+        need(not (v and self.val_data), "give val_fraction or val_data, not both")
+        need(not (v and self.stream), "val_fraction splits data held in memory; a streamed run names its held-out shards in val_data")
+        held_out = bool(v or self.val_data)
+        need(held_out == bool(self.train_config().val_every), "a validation loss needs both held-out data (val_fraction or val_data) "
+             f"and train.val_every > 0; got val_fraction={v}, val_data={self.val_data!r}, val_every={self.train_config().val_every}")
         for k in ('n_images', 'image_size', 'nproc'):
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive int, got {v!r}")
@@ -98,6 +114,21 @@ class RunConfig:
         if unknown: raise ValueError(f"unknown RunConfig keys: {unknown}; valid keys are: {', '.join(names)}")
         return cls(**d)
 
+# %% ../nbs/07c_recipes.ipynb #f9857d50
+def with_base(d:dict, # a recipe's fields
+              data:str|None=None, # a folder of latent shards (`sd_scratch data`) to train on instead of the recipe's data
+              checkpoint:str|None=None # the model to start from / encode with: 'toy', an SD 1.x single file, or a diffusers folder
+             ) -> dict:
+    """The recipe's fields with its data and base model replaced (`sd_scratch train --data --checkpoint`). The checkpoint gives the
+    frozen text encoder and VAE, and, for a recipe that starts from a trained UNet (`init_unet`), the UNet too."""
+    d = copy.deepcopy(d)
+    if data is not None: d['data'] = str(data)
+    if checkpoint is not None:
+        toy = str(checkpoint) == 'toy'
+        d.update(encoders='toy' if toy else 'sd', sd_checkpoint=None if toy else str(checkpoint))
+        if d.get('init_unet') is not None: d['init_unet'] = 'toy' if toy else 'sd'
+    return d
+
 # %% ../nbs/07c_recipes.ipynb #b2d6b0c5
 TOY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), layers_per_block=2,
                 cross_attn_levels=(False, True, True), num_heads=4, cross_attention_dim=64, norm_groups=8)
@@ -126,6 +157,19 @@ RECIPES = {
                  image_size=64, encoders='hash', nproc=2,
                  train=dict(steps=6, batch_size=8, grad_accum_steps=2, lr=2e-3, warmup_steps=2, cfg_dropout=0.2,
                             ema_decay=0.99, device='cpu', min_snr_gamma=5.0, log_every=1)),
+    # fine-tune a real SD 1.x model (or any of that layout: --checkpoint toy works too) on your own pictures, made by `sd_scratch data`:
+    # `sd_scratch train --config finetune --checkpoint v1-5.safetensors --data my_data --out runs/mine` (one GPU with 24 GB: bf16, checkpointing)
+    'finetune': dict(name='finetune', model='unet', init_unet='sd', encoders='sd', sd_checkpoint=None, data=None, val_fraction=0.1,
+                     train=dict(steps=1000, batch_size=8, lr=1e-5, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0,
+                                min_snr_gamma=5.0, cfg_dropout=0.1, ema_decay=0.999, mixed_precision='auto', gradient_checkpointing=True,
+                                device='auto', log_every=10, ckpt_every=250, sample_every=0, val_every=50, val_timesteps=10)),
+    # the same with LoRA adapters (rank 8 on the attention projections): a few MB, in diffusers/peft and kohya/A1111 names;
+    # bf16 on a GPU, float32 on a CPU (mixed_precision 'auto'), so `--checkpoint toy` trains on a laptop in about a minute
+    'lora': dict(name='lora', model='unet', init_unet='sd', encoders='sd', sd_checkpoint=None, data=None, val_fraction=0.1,
+                 lora=dict(rank=8, alpha=8, targets=['to_q', 'to_k', 'to_v', 'to_out.0']),
+                 train=dict(steps=1000, batch_size=4, lr=1e-4, warmup_steps=50, min_lr_ratio=0.1, weight_decay=0.01, grad_clip=1.0,
+                            min_snr_gamma=5.0, cfg_dropout=0.1, ema_decay=0.0, mixed_precision='auto', device='auto', log_every=10,
+                            ckpt_every=250, sample_every=0, val_every=50, val_timesteps=10)),
     # the full SD 1.x UNet on 2x RTX 5090 (lesson 08): streamed latent shards, CLIP and VAE from a local SD 1.x file
     'sd15_2x5090': dict(name='sd15_2x5090', model='unet', model_config={}, data='latent_shards', image_size=512,
                         encoders='sd', sd_checkpoint='v1-5-pruned-emaonly.safetensors', nproc=2, stream=True, loader_workers=4,
@@ -138,11 +182,13 @@ RECIPES = {
                                    log_every=10, ckpt_every=500, sample_every=0)),
 }
 
-def load_run_config(config:str|dict|RunConfig # a name in RECIPES, a JSON file path, or a dict of RunConfig fields
+def load_run_config(config:str|dict|RunConfig, # a name in RECIPES, a JSON file path, or a dict of RunConfig fields
+                    data:str|None=None, # train on this data instead (`with_base`)
+                    checkpoint:str|None=None # start from / encode with this model instead: 'toy', an SD single file, a diffusers folder
                    ) -> RunConfig:
     "Resolve a recipe name, JSON file or dict to a `RunConfig`; a JSON object may name a `base` recipe and override its fields."
-    if isinstance(config, RunConfig): return config
-    if isinstance(config, (str, Path)) and str(config) in RECIPES: return RunConfig.from_dict(copy.deepcopy(RECIPES[str(config)]))
+    if isinstance(config, RunConfig): return RunConfig.from_dict(with_base(asdict(config), data, checkpoint)) if data or checkpoint else config
+    if isinstance(config, (str, Path)) and str(config) in RECIPES: return RunConfig.from_dict(with_base(RECIPES[str(config)], data, checkpoint))
     if isinstance(config, (str, Path)):
         p = Path(config)
         if p.suffix != '.json':
@@ -160,7 +206,7 @@ def load_run_config(config:str|dict|RunConfig # a name in RECIPES, a JSON file p
         merged.update({k: v for k, v in d.items() if k != 'train'})
         merged['train'] = {**merged['train'], **d.get('train', {})}
         d = merged
-    return RunConfig.from_dict(d)
+    return RunConfig.from_dict(with_base(d, data, checkpoint))
 
 # %% ../nbs/07c_recipes.ipynb #47f8b9c8
 def build_model(run:RunConfig) -> nn.Module:
@@ -174,14 +220,19 @@ def build_model(run:RunConfig) -> nn.Module:
 
 def init_unet_path(run:RunConfig) -> Path:
     "The UNet weights file a fine-tuning recipe starts from (`init_unet`: 'toy' is the shipped one); a missing file is named."
+    if run.init_unet == 'sd':
+        p = Path(run.sd_checkpoint)
+        if not p.exists(): raise FileNotFoundError(f"sd_checkpoint {str(p)!r} not found: an SD 1.x .safetensors/.ckpt file or a diffusers folder")
+        return p
     p = asset_path('toy_unet.safetensors') if run.init_unet == 'toy' else Path(run.init_unet)
-    if not p.is_file(): raise FileNotFoundError(f"init_unet {str(p)!r} not found: 'toy' or a UNet weights file (what a run exports)")
+    if not p.is_file(): raise FileNotFoundError(f"init_unet {str(p)!r} not found: 'toy', 'sd' or a UNet weights file (what a run exports)")
     return p
 
 def _init_unet(run:RunConfig) -> nn.Module:
     "A trained UNet to fine-tune (`init_unet`), with LoRA adapters when the recipe asks for them (lesson 07b)."
     from sd_scratch.pipeline import load_unet
-    unet, _ = load_unet(init_unet_path(run))
+    from sd_scratch.convert import load_pipeline
+    unet = load_pipeline(init_unet_path(run)).unet if run.init_unet == 'sd' else load_unet(init_unet_path(run))[0]
     if run.lora:
         from sd_scratch.lora import inject_lora                        # lesson 07b's module, needed only by LoRA recipes
         kw = dict(run.lora)
@@ -224,10 +275,10 @@ def recipe_encoders(run:RunConfig, device=None # where the frozen networks run (
         from sd_scratch.pipeline import StableDiffusion
         sd = StableDiffusion.from_pretrained('toy')
     else:
-        from sd_scratch.convert import load_single_file
+        from sd_scratch.convert import load_pipeline
         p = Path(run.sd_checkpoint)
-        if not p.is_file(): raise FileNotFoundError(f"sd_checkpoint {str(p)!r} not found: point it at a local SD 1.x .safetensors file")
-        sd = load_single_file(p)
+        if not p.exists(): raise FileNotFoundError(f"sd_checkpoint {str(p)!r} not found: an SD 1.x .safetensors/.ckpt file or a diffusers folder")
+        sd = load_pipeline(p)
     sd.unet = None                                                     # only the frozen parts stay in memory
     dev = device or default_device(None if run.train_config().device == 'auto' else run.train_config().device)
     sd.text_encoder.to(dev); sd.vae.to(dev)
@@ -273,10 +324,23 @@ def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded '
         cache = shapes_latent_cache(run, enc)
         if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
         return cache
-    p = Path(run.data)
-    if not p.exists(): raise FileNotFoundError(f"data {str(p)!r} does not exist: use 'shapes', 'random', a LatentCache file or a folder of latent shards")
+    return read_latents(run.data, enc, 'data')
+
+def read_latents(path, enc:Encoders, what:str='data') -> LatentCache:
+    "A `LatentCache` file, a folder of latent shards, or a folder made by `sd_scratch data` (its `latents/`), read into memory."
+    p = Path(path)
+    if not p.exists(): raise FileNotFoundError(f"{what} {str(p)!r} does not exist: use 'shapes', 'random', a LatentCache file or a folder of latent shards (sd_scratch data)")
     if p.is_file(): return LatentCache.load(p)
+    if (p/'latents').is_dir(): p = p/'latents'                          # the folder `sd_scratch data` writes
     return latent_cache_from_shards(p, enc.encode_text)
+
+def split_validation(run:RunConfig, data, enc:Encoders) -> tuple:
+    "(training data, held-out `LatentCache` or None): the recipe's `val_data`, or `val_fraction` of the data (chosen by data_seed, never trained on)."
+    if run.val_data: return data, read_latents(run.val_data, enc, 'val_data')
+    if not run.val_fraction: return data, None
+    if not isinstance(data, LatentCache): raise ValueError("val_fraction needs data held in memory: name the held-out latent shards in val_data")
+    if len(data) < 2: raise ValueError(f"val_fraction: {len(data)} latent cannot be split into training and held-out data")
+    return data.split(min(len(data) - 1, max(1, round(len(data) * run.val_fraction))), seed=run.data_seed)
 
 # %% ../nbs/07c_recipes.ipynb #304b92b7
 def _alive(pid:int) -> bool:
@@ -333,12 +397,28 @@ def _check_resume(saved:dict, run:RunConfig):
                               "Resume with the same recipe, or start a new run in another folder")
 
 def export_lora(trainer:Trainer, path) -> Path:
-    "Write the trained LoRA adapters of a `lora` recipe (lesson 07b's file format), replacing an earlier export of the run."
-    from sd_scratch.lora import save_lora
+    "Write the trained LoRA adapters of a `lora` recipe (lesson 07b's file, and beside it `lora_kohya.safetensors` in kohya/A1111 names), replacing an earlier export of the run."
+    from sd_scratch.lora import save_lora, save_lora_kohya
     trainer.barrier()
-    if trainer.is_main: save_lora(unwrap(trainer.model), path, overwrite=True)
+    if trainer.is_main:
+        save_lora(unwrap(trainer.model), path, overwrite=True)
+        save_lora_kohya(unwrap(trainer.model), Path(path).with_name('lora_kohya.safetensors'), overwrite=True)
     trainer.barrier()
     return Path(path)
+
+def export_pipeline(trainer:Trainer, pipeline, out_dir) -> tuple:
+    "A fine-tuned model as the files other tools read: `sd.safetensors` (an SD single file) and `diffusers/` (a diffusers folder), the frozen parts from `pipeline`, the UNet's EMA weights."
+    from sd_scratch.pipeline import StableDiffusion
+    from sd_scratch.convert import save_single_file, save_diffusers_folder
+    out = Path(out_dir)
+    trainer.barrier()
+    if trainer.is_main:
+        sd = StableDiffusion(pipeline.tokenizer, pipeline.text_encoder, pipeline.vae, trainer.ema_model().float().cpu(), trainer.schedule,
+                             default_size=pipeline.default_size)
+        save_single_file(sd, out/'sd.safetensors')
+        save_diffusers_folder(sd, out/'diffusers', overwrite=True)   # a resumed run replaces its own earlier export
+    trainer.barrier()
+    return out/'sd.safetensors', out/'diffusers'
 
 def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
               out_dir, # the run folder: log.jsonl, checkpoint.safetensors, run_config.json, samples/, the export
@@ -348,7 +428,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
               make_data=None, # default `build_data`; lesson 08 adds streaming
               **trainer_kwargs # more arguments for the trainer (e.g. `env`)
              ) -> Trainer:
-    "Train a recipe end to end: frozen encoders, data, model, trainer; resume or start; fit; export the EMA weights (or a LoRA's adapters)."
+    "Train a recipe end to end: frozen encoders, data (and held-out data), model, trainer; resume or start; fit; export the EMA weights (or a LoRA's adapters; a fine-tune also as an SD single file and a diffusers folder)."
     run, out_dir = load_run_config(run), Path(out_dir)
     trainer_class = trainer_class or Trainer
     ckpt, saved_run = out_dir/'checkpoint.safetensors', out_dir/'run_config.json'
@@ -362,14 +442,16 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
     if int(os.environ.get('RANK') or 0) == 0: folder.acquire()        # one run per folder (under torchrun, rank 0 holds it)
     try:
         enc = recipe_encoders(run)
-        data = (make_data or build_data)(run, enc, out_dir)
+        data, val = split_validation(run, (make_data or build_data)(run, enc, out_dir), enc)
         trainer = trainer_class(build_model(run), data, run.train_config(), out_dir, pipeline=enc.pipeline, progress=progress,
-                                **trainer_kwargs)
+                                val=val, **trainer_kwargs)
         if resume: trainer.load_checkpoint(ckpt)
         elif trainer.is_main and trainer.log_path.exists(): trainer.log_path.unlink()   # a run that died before its first checkpoint
         if trainer.is_main: atomic_write_text(saved_run, json.dumps(asdict(run), indent=1))
         trainer.fit()
         if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
         else: trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
+        if run.init_unet is not None and not run.lora and enc.pipeline is not None:
+            export_pipeline(trainer, enc.pipeline, out_dir)              # a fine-tune: an SD single file and a diffusers folder too
     finally: folder.release()
     return trainer

@@ -42,7 +42,7 @@ class TrainConfig:
     cfg_dropout:float = 0.1          # probability that a caption is replaced by the empty prompt
     offset_noise:float = 0.0         # std of a per-image, per-channel constant added to the noise (`add_offset_noise`); 0: off
     ema_decay:float = 0.999          # EMA decay (with warm-up: min(decay, (1+step)/(10+step)))
-    mixed_precision:str = 'no'       # 'no' (float32) or 'bf16' (autocast to bfloat16 on CPU and CUDA)
+    mixed_precision:str = 'no'       # 'no' (float32), 'bf16' (autocast to bfloat16 on CPU and CUDA) or 'auto' (bf16 on CUDA, float32 elsewhere)
     gradient_checkpointing:bool = False  # recompute activations in backward: less memory, more time (04 and 08 measure both)
     channels_last:bool = False       # conv weights and activations in NHWC memory layout: the same model, faster convolutions on CPU (measured below)
     compile:bool = False             # run the training step's forward and backward through `torch.compile` (inductor); measured below: it does not pay for the toy on a CPU
@@ -102,11 +102,16 @@ class TrainConfig:
         need(self.grad_clip >= 0 and self.min_snr_gamma >= 0 and self.weight_decay >= 0,
              "grad_clip, min_snr_gamma and weight_decay must be >= 0")
         need(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
-        need(self.mixed_precision in ('no', 'bf16'), f"mixed_precision must be 'no' or 'bf16', got {self.mixed_precision!r}")
+        need(self.mixed_precision in ('no', 'bf16', 'auto'), f"mixed_precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r}")
         NoiseSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule)   # raises on a bad schedule
 
     @property
     def micro_batch_size(self) -> int: return self.batch_size // self.grad_accum_steps
+
+    def autocast_dtype(self, device:torch.device) -> torch.dtype|None:
+        "The dtype the model runs in under autocast on `device` (None: float32, no autocast)."
+        bf16 = self.mixed_precision == 'bf16' or (self.mixed_precision == 'auto' and torch.device(device).type == 'cuda')
+        return torch.bfloat16 if bf16 else None
 
     def to_dict(self) -> dict: return asdict(self)
     def to_json(self) -> str: return json.dumps(self.to_dict(), sort_keys=True)
@@ -346,7 +351,7 @@ def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in t
     device = next(model.parameters()).device
     lr = lr_at(step, cfg)
     for group in optimizer.param_groups: group['lr'] = lr
-    dtype = torch.bfloat16 if cfg.mixed_precision == 'bf16' else None
+    dtype = cfg.autocast_dtype(device)
     total = torch.zeros((), device=device)                         # summed on the device: no GPU sync per micro-batch
     for micro in range(cfg.grad_accum_steps):
         b = data.batch(cfg, step, micro, rank, world_size)
@@ -382,7 +387,7 @@ def validation_loss(model:nn.Module, # the noise predictor (or its DDP wrapper)
     device, K, T = next(m.parameters()).device, cfg.val_timesteps, cfg.num_train_timesteps
     ts = ((torch.arange(K) + 0.5) * T / K).long()                 # K evenly spaced timesteps, e.g. 50, 150, ..., 950 for K = 10
     pairs = [(i, k) for i in range(len(val)) for k in range(K)]   # every latent at every timestep
-    dtype = torch.bfloat16 if cfg.mixed_precision == 'bf16' else None
+    dtype = cfg.autocast_dtype(device)
     total = 0.0
     try:
         for c, start in enumerate(range(0, len(pairs), batch_size)):
