@@ -157,6 +157,7 @@ def train_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser
     p.add_argument('--data', default=None, help='train on this folder (made by `sd_scratch data`, or latent shards) instead of the recipe\'s data')
     p.add_argument('--checkpoint', default=None, help="the base model: 'toy', an SD 1.x single file or a diffusers folder; its text encoder and VAE "
                    "encode, and a fine-tuning recipe (finetune, lora) starts from its UNet")
+    p.add_argument('--steps', type=int, default=None, help="train this many optimizer steps instead of the recipe's (with --resume: a longer run)")
     p.add_argument('--resume', action='store_true', help="continue the run in --out from its checkpoint (without it, a folder that "
                    "already holds a run is refused)")
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no tqdm bar')
@@ -168,7 +169,12 @@ def train_main(a:argparse.Namespace) -> dict:
     import json
     from sd_scratch.distributed import train_main as _train, dist_env
     from sd_scratch.train import load_run_config
+    from dataclasses import asdict
+    from sd_scratch.train import RunConfig
     run = load_run_config(a.config, data=getattr(a, 'data', None), checkpoint=getattr(a, 'checkpoint', None))
+    if getattr(a, 'steps', None) is not None:
+        if a.steps < 1: raise ValueError(f"--steps must be at least 1, got {a.steps}")
+        run = RunConfig.from_dict({**asdict(run), 'train': {**run.train, 'steps': a.steps}})
     res = _train(run, a.out, resume=a.resume, progress=a.progress)
     if dist_env().is_main: print(json.dumps(res), flush=True)   # under torchrun, rank 0 speaks for all
     return res
@@ -212,7 +218,7 @@ def data_main(a:argparse.Namespace) -> dict:
     sync = dist.barrier if world > 1 else (lambda: None)
     sd = load_model(a.checkpoint)
     size = a.size or sd.default_size
-    if size < 8 or size % sd.size_multiple(): raise ValueError(f"--size must be a positive multiple of {sd.size_multiple()}, got {size}")
+    if size < 8 or size % sd.size_multiple: raise ValueError(f"--size must be a positive multiple of {sd.size_multiple}, got {size}")
     settings, manifest = _data_settings(a, size), out/'data.json'
     if rank == 0:
         if manifest.exists():

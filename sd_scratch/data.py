@@ -576,6 +576,9 @@ def encode_latent_shards(image_shards, # a folder of .tar image shards (from `wr
                         shapes = sorted({tuple(x.shape) for _, x, _, _ in chunk})
                         if len(shapes) > 1: raise ValueError(f"{path}: images of different sizes {shapes}; latents need one resolution (write the image shards with write_image_shards)")
                         z = encode(torch.stack([x for _, x, _, _ in chunk]).to(device)).to(dtype).cpu()   # (B, 3, H, W) -> (B, C, H/8, W/8)
+                        if not torch.isfinite(z).all():                  # a broken VAE, or latents too large for `dtype`: never written
+                            raise ValueError(f"{path}: the encoder gave non-finite latents (NaN or inf{' after rounding to ' + str(dtype) if dtype != torch.float32 else ''}) "
+                                             f"for {', '.join(k for k, _, _, _ in chunk[:3])}: check the VAE's weights; nothing was written for this shard")
                         for (key, _, caption, meta), zi in zip(chunk, z):
                             sink.write({'__key__': key, 'latent.npy': _npy_bytes(zi.numpy()), 'txt': caption.encode(), 'json': json.dumps(meta).encode()})
                             st.written += 1
