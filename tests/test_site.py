@@ -216,7 +216,7 @@ def test_every_page_offline_and_whole(site):
         facts[name] = f
         if f['problems']: problems[name] = f['problems'][:12]
         if name not in SCREENSHOT_PAGES: f['page'].close()
-    assert not visit.external, f"pages asked for other hosts (no internet here): {sorted(set(visit.external))[:10]}"
+    if visit.external: problems['(all pages)'] = [f'asked another host (no internet here): {u}' for u in sorted(set(visit.external))[:10]]
     assert not problems, json.dumps(problems, indent=1)
     assert facts['05_ddpm_ddim.html']['typeset'] >= 5, "05_ddpm_ddim's equations are not typeset"
 
