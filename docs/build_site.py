@@ -11,7 +11,8 @@ serve the folder (`python -m http.server -d _site`) to use the search box.
   `#|` line reaches the page. `show_doc(...)` cells show their saved output without the call.
 - Every public function and class that an `#| export` cell defines gets its `show_doc` card right after the cell, as
   nbdev's own docs do (rendered by importing the library, which `nbdev_export` generated from these notebooks; the
-  notebooks themselves are not run). Backticked names in the text link to their card, on any page.
+  notebooks themselves are not run). Backticked names in the text link to their card, on any page, and a
+  backticked lesson name (`04_unet`) to its page.
 - Figures are written next to the pages; links to other notebooks and to files of the repo (images/) are rewritten to
   the site's pages and copies; math is typeset in the browser by a MathJax 3 served from the site itself (the
   `django-static-mathjax` wheel ships its files), never from a CDN.
@@ -226,11 +227,15 @@ class Page:
             page, anc = self.site.doc_index[name]
             href = f'#{anc}' if page == self.p['md'] else f'{page}#{anc}'
             return f'[`{name}{m.group(3) or ""}`]({href})'
+        def lesson(m):                                           # `04_unet` -> that lesson's page
+            if m.group(1) or m.group(2) not in self.site.by_stem or m.group(2) == self.stem: return m.group(0)
+            return f'[`{m.group(2)}`]({self.site.by_stem[m.group(2)]["md"]})'
         out, in_code = [], False
         for line in md.split('\n'):
             if line.lstrip().startswith(('```', '~~~')): in_code = not in_code
             if not in_code and not line.lstrip().startswith('#'):
                 line = re.sub(r'(\[)?`([A-Za-z_][\w.]*)(\(\))?`', sub, line)
+                line = re.sub(r'(\[)?`(\w+)`', lesson, line)
             out.append(line)
         return '\n'.join(out)
 

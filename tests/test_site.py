@@ -12,6 +12,8 @@ and for the course as a whole:
 - the navigation lists every lesson of nbs/*.ipynb in sorted order, each with its number and its first heading;
 - each exported public function and class has its show_doc card on its lesson's page;
 - a widget is replaced by a note that says to open the notebook; the search box finds a word.
+A second test, without a browser, feeds cells with each nbdev / Quarto option (`hide`, `include: false`, `echo:
+false`, `output: false`, `hide_line`) through the builder and checks what reaches the page.
 Screenshots of three pages (home, 05_ddpm_ddim, 04_unet) are kept for a person to look at, in tmp/site_screenshots/
 (ignored by git); the test prints where.
 
@@ -264,6 +266,29 @@ def test_every_page_offline_and_whole(site):
                 page.screenshot(path=str(SHOTS/f'{stem}_{tag}.png'))
         page.close()
     print(f"\nsite checked: {len(pages)} pages; screenshots for a person to look at: {SHOTS}")
+
+
+def test_cell_options_on_the_page():
+    "nbdev / Quarto cell options as the page shows them (no browser needed): what is hidden, what is shown."
+    sys.path.insert(0, str(REPO/'docs'))
+    import build_site
+    class Stub: git_url, widget_makers, shown, docs, by_stem, doc_index = '', set(), {'x': set()}, None, {}, {}
+    page = build_site.Page(dict(stem='x', nb={'cells': []}, path=REPO/'nbs'/'x.ipynb', md='x.md', home=False,
+                                number='', title='x'), Stub())
+    printed = {'output_type': 'stream', 'name': 'stdout', 'text': 'printed\n'}
+    widget = {'output_type': 'display_data', 'metadata': {},
+              'data': {'application/vnd.jupyter.widget-view+json': {'model_id': 'abc'}, 'text/plain': 'VBox()'}}
+    def page_of(src, *outs): return '\n\n'.join(page.code_cell({'cell_type': 'code', 'source': src, 'outputs': list(outs)}))
+    assert page_of('#| hide\nsecret = 1', printed) == ''
+    assert page_of('#| include: false\nsecret = 1', printed) == ''
+    assert page_of('#| default_exp core\nsecret = 1') == ''
+    shown = page_of('#| echo: false\nsecret = 1', printed); assert 'secret' not in shown and 'printed' in shown
+    shown = page_of('#| output: false\nvisible = 1', printed); assert 'visible' in shown and 'printed' not in shown
+    shown = page_of('a = 1\nb = 2 #| hide_line\nc = 3'); assert 'a = 1' in shown and 'c = 3' in shown and 'b = 2' not in shown
+    shown = page_of('#| eval: false\n#|  slow\nx = 1'); assert '#|' not in shown and 'x = 1' in shown
+    shown = page_of('show_doc(foo)', {'output_type': 'display_data', 'metadata': {}, 'data': {'text/markdown': '---\n\n### foo\n\n*doc*'}})
+    assert 'show_doc(' not in shown and '### foo { #doc-foo' in shown
+    shown = page_of('w', widget); assert 'Interactive widget' in shown and 'model_id' not in shown and 'abc' not in shown
 
 
 if __name__ == '__main__':                  # python tests/test_site.py: the same test, with its prints
