@@ -309,7 +309,7 @@ class Page:
                 parts += self.code_cell(c)
             elif c['cell_type'] == 'raw' and c.get('metadata', {}).get('format', '') in ('text/markdown', 'text/html'):
                 parts.append(c['source'])
-        head = '' if self.p['home'] else (f'---\ntitle: "{nav_label(self.p)}"\n---\n\n' if self.p['number'] else '')
+        head = f'---\ntitle: {json.dumps(nav_label(self.p))}\n---\n\n' if self.p['number'] else ''   # the tab's title
         return head + '\n\n'.join(parts) + '\n'
 
 
@@ -366,6 +366,9 @@ def build(out: Path, keep_src: Path | None = None, quiet: bool = False) -> Path:
     from mkdocs.config import load_config
     import logging, yaml
     t0 = time.time()
+    # MkDocs empties its output folder first: never point it at a folder that holds anything but an earlier site
+    if out.exists() and any(out.iterdir()) and not (out/'search'/'search_index.json').exists():
+        sys.exit(f"{out} holds files that are not a site built here; not overwriting it (choose another --out)")
     tmp = Path(tempfile.mkdtemp(prefix='sd_scratch_site_'))
     try:
         src = tmp/'docs'; src.mkdir()

@@ -27,7 +27,7 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_browser import CHROMIUM, CHROMIUM_ARGS, _missing   # noqa: E402  the one Chromium launch of this repo
+from test_browser import CHROMIUM, CHROMIUM_ARGS, require_browser   # noqa: E402  the one Chromium launch of this repo
 
 REPO = Path(__file__).resolve().parents[1]
 PREFIX = '/sd_scratch/'
@@ -168,10 +168,7 @@ class Visit:
 
 @pytest.fixture(scope='module')
 def site(tmp_path_factory):
-    why = _missing()
-    if why:
-        if os.environ.get('SD_SCRATCH_REQUIRE_BROWSER') == '1': pytest.fail(why)
-        pytest.skip(why)
+    require_browser()
     from playwright.sync_api import sync_playwright
     root = built_site(tmp_path_factory.mktemp('site'))
     assert (root/'index.html').exists(), f"no site at {root}: run python docs/build_site.py"
