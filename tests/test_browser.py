@@ -32,6 +32,13 @@ def _missing() -> str | None:
     return None
 
 
+def require_browser():
+    "Skip a browser test where Chromium or playwright is missing; fail instead under SD_SCRATCH_REQUIRE_BROWSER=1 (CI)."
+    why = _missing()
+    if why and os.environ.get('SD_SCRATCH_REQUIRE_BROWSER') == '1': pytest.fail(why)
+    if why: pytest.skip(why)
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(('127.0.0.1', 0)); return s.getsockname()[1]
@@ -134,10 +141,7 @@ def _tracked_changes() -> list[str]:
 
 @pytest.fixture(scope='module')
 def browser(tmp_path_factory):
-    why = _missing()
-    if why:
-        if os.environ.get('SD_SCRATCH_REQUIRE_BROWSER') == '1': pytest.fail(why)
-        pytest.skip(why)
+    require_browser()
     from playwright.sync_api import sync_playwright
     lab = Lab(tmp_path_factory.mktemp('lab'))
     with sync_playwright() as p:
