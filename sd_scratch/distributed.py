@@ -11,7 +11,7 @@ import torch, torch.nn as nn
 import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel as DDP
 from .core import *
-from .train import (TrainConfig, Trainer, RunConfig, Encoders, load_run_config, build_data, train_run,
+from .train import (TrainConfig, Trainer, RunConfig, Encoders, load_run_config, build_data, train_run, latent_folder,
                               step_generator, draw_noise)
 
 # %% auto #0
@@ -209,7 +209,7 @@ def distributed_data(run:RunConfig, enc:Encoders, cache_dir=None):
     "The data of a recipe for `train_run` on N processes: streamed latent shards when `run.stream`, else the 07 `build_data`."
     if not run.stream: return build_data(run, enc, cache_dir)
     if not Path(run.data).is_dir(): raise ValueError(f"stream=True needs a folder of latent shards as data, got {run.data!r}")
-    return LatentStream(run.data, enc.encode_text, run.train_config(), workers=run.loader_workers)
+    return LatentStream(latent_folder(run.data), enc.encode_text, run.train_config(), workers=run.loader_workers)
 
 # %% ../nbs/08_ddp.ipynb #33877692
 def train_main(config:str|dict, # a recipe name ('toy', 'tiny', 'sd15_2x5090'), a JSON file path, or a dict of RunConfig fields

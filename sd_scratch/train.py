@@ -14,8 +14,8 @@ from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import 
 # %% auto #0
 __all__ = ['TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'RunConfig', 'with_base', 'load_run_config', 'build_model', 'init_unet_path',
            'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache',
-           'latent_cache_from_shards', 'build_data', 'read_latents', 'split_validation', 'RunFolder', 'export_lora',
-           'export_pipeline', 'train_run']
+           'latent_cache_from_shards', 'build_data', 'read_latents', 'latent_folder', 'split_validation', 'RunFolder',
+           'export_lora', 'export_pipeline', 'train_run']
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
 @dataclass
@@ -331,8 +331,12 @@ def read_latents(path, enc:Encoders, what:str='data') -> LatentCache:
     p = Path(path)
     if not p.exists(): raise FileNotFoundError(f"{what} {str(p)!r} does not exist: use 'shapes', 'random', a LatentCache file or a folder of latent shards (sd_scratch data)")
     if p.is_file(): return LatentCache.load(p)
-    if (p/'latents').is_dir(): p = p/'latents'                          # the folder `sd_scratch data` writes
-    return latent_cache_from_shards(p, enc.encode_text)
+    return latent_cache_from_shards(latent_folder(p), enc.encode_text)
+
+def latent_folder(path) -> Path:
+    "The folder of latent shards: `path` itself, or its `latents/` when it is a folder made by `sd_scratch data`."
+    p = Path(path)
+    return p/'latents' if (p/'latents').is_dir() and not list(p.glob('*.tar')) else p
 
 def split_validation(run:RunConfig, data, enc:Encoders) -> tuple:
     "(training data, held-out `LatentCache` or None): the recipe's `val_data`, or `val_fraction` of the data (chosen by data_seed, never trained on)."
