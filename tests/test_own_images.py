@@ -249,3 +249,20 @@ def test_data_command_refuses_non_finite_latents(world, tmp_path):
     r = run('data', root/'photos', tmp_path/'data', '--checkpoint', tmp_path/'nan.safetensors', '--size', 64, '--no-progress', ok=False)
     assert r.returncode == 2 and 'non-finite latents' in r.stderr and 'Traceback' not in r.stderr, r.stderr
     assert not list((tmp_path/'data'/'latents').glob('*.tar'))
+
+
+def test_data_command_under_torchrun(world, tmp_path):
+    "Two processes: rank 0 writes the image shards, each rank encodes its share; the latents equal the one-process run's."
+    root, _ = world
+    torchrun = shutil.which('torchrun')
+    cmd = ([torchrun] if torchrun else [sys.executable, '-m', 'torch.distributed.run']) + [
+        '--standalone', '--nproc_per_node', '2', '-m', 'sd_scratch.cli', 'data', str(root/'photos'), str(tmp_path/'data'),
+        '--checkpoint', str(root/'base.safetensors'), '--size', '64', '--samples-per-shard', '4', '--no-progress']
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert r.stdout.count('14 images') == 1                                           # rank 0 speaks for all
+    from sd_scratch.data import LatentShardDataset
+    one = list(LatentShardDataset(root/'data'/'latents', rank=0, world_size=1))
+    two = list(LatentShardDataset(tmp_path/'data'/'latents', rank=0, world_size=1))
+    assert [c for _, c in one] == [c for _, c in two]                                 # the same samples in the same shards
+    assert all(torch.allclose(a, b, rtol=1e-2, atol=1e-3) for (a, _), (b, _) in zip(one, two))   # (thread counts may round differently)
