@@ -138,6 +138,9 @@ def save_lora(model:nn.Module, # a model with adapters (`inject_lora`)
     "Write the adapters as a LoRA file that diffusers' `pipe.load_lora_weights(path)` loads (peft names, LoraConfig in the header)."
     tensors, config = lora_state_dict(model)
     meta = {LORA_METADATA_KEY: json.dumps({f'unet.{k}': v for k, v in config.items()}, sort_keys=True), 'format': 'pt'}
+    return _write_lora_file(tensors, path, meta, overwrite)
+
+def _write_lora_file(tensors:dict, path, meta:dict, overwrite:bool) -> Path:
     if not overwrite and Path(path).exists(): raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
     with atomic_write(path, overwrite=overwrite) as tmp: save_file(tensors, tmp, metadata=meta)   # never clobbers, even mid-write
     return Path(path)
@@ -210,9 +213,7 @@ def save_lora_kohya(model:nn.Module, # a model with adapters (`inject_lora`)
         out[f"{kohya_name(name)}.alpha"] = torch.tensor(float(config['lora_alpha']))
     meta = dict(ss_network_module='networks.lora', ss_network_dim=str(config['r']), ss_network_alpha=str(config['lora_alpha']),
                 ss_base_model_version='sd_v1', format='pt')
-    if not overwrite and Path(path).exists(): raise FileExistsError(f"{path} already exists; pass overwrite=True to replace it")
-    with atomic_write(path, overwrite=overwrite) as tmp: save_file(out, tmp, metadata=meta)
-    return Path(path)
+    return _write_lora_file(out, path, meta, overwrite)
 
 def _read_kohya(tensors:dict, path) -> tuple[dict, dict]:
     "`read_lora` for a file in kohya's layout: {kohya layer name: (A, B)} and the config (one alpha for all layers)."

@@ -4,7 +4,7 @@
 
 # %% ../nbs/07c_recipes.ipynb #4f4ce0c6
 from __future__ import annotations
-import json, math, os, copy, zlib, dataclasses
+import json, math, os, copy, warnings, zlib, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
 import torch, torch.nn as nn
@@ -14,8 +14,8 @@ from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import 
 # %% auto #0
 __all__ = ['TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'RunConfig', 'with_base', 'load_run_config', 'build_model', 'init_unet_path',
            'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache',
-           'latent_cache_from_shards', 'build_data', 'read_latents', 'latent_folder', 'split_validation', 'RunFolder',
-           'export_lora', 'export_pipeline', 'train_run']
+           'latent_cache_from_shards', 'build_data', 'check_data_origin', 'read_latents', 'latent_folder',
+           'split_validation', 'RunFolder', 'export_lora', 'export_pipeline', 'train_run']
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
 @dataclass
@@ -324,7 +324,18 @@ def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded '
         cache = shapes_latent_cache(run, enc)
         if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
         return cache
+    check_data_origin(run, run.data)
     return read_latents(run.data, enc, 'data')
+
+def check_data_origin(run:RunConfig, path):
+    "Warn when a `sd_scratch data` folder was encoded by another model's VAE than the recipe's: its latents would mean something else to this UNet."
+    manifest = Path(path)/'data.json'
+    if not manifest.is_file(): return
+    made_with = json.loads(manifest.read_text()).get('settings', {}).get('checkpoint')
+    ours = 'toy' if run.encoders == 'toy' else str(Path(run.sd_checkpoint).resolve()) if run.encoders == 'sd' else None
+    if made_with and ours and made_with != ours:
+        warnings.warn(f"{path} was encoded with the VAE of {made_with}, and this run's model is {ours}: if their VAEs differ, the latents do "
+                      f"not fit; make the data again with `sd_scratch data ... --checkpoint {ours}`")
 
 def read_latents(path, enc:Encoders, what:str='data') -> LatentCache:
     "A `LatentCache` file, a folder of latent shards, or a folder made by `sd_scratch data` (its `latents/`), read into memory."
