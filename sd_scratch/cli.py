@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_cli.ipynb #f6d1bd4e
 from __future__ import annotations
-import argparse, math, os, sys
+import argparse, contextlib, math, os, re, shlex, signal, sys
 from pathlib import Path
 
 # %% auto #0
@@ -14,6 +14,7 @@ __all__ = ['check_generate_args', 'lora_arg', 'sampler_name', 'generate_parser',
 # %% ../nbs/09_cli.ipynb #2bfe0b6b
 def check_generate_args(a:argparse.Namespace):
     "Raise `ValueError` naming the first argument of `sd_scratch generate` that cannot work."
+    _check_strength_and_out(a)                                                   # (and --strength's default: 0.8)
     if a.steps < 1: raise ValueError(f"--steps must be at least 1, got {a.steps}")
     for name in ('height', 'width'):
         v = getattr(a, name)
@@ -59,6 +60,33 @@ def sampler_name(a:argparse.Namespace) -> str:
     return a.sampler + '_karras' if getattr(a, 'karras', False) and not a.sampler.endswith('_karras') else a.sampler
 
 
+# %% ../nbs/09_cli.ipynb #1b7b75ed
+def _check_strength_and_out(a:argparse.Namespace):
+    "`--out` must name a folder; `--strength` belongs to `--init-image` (without one it would be ignored); its default is 0.8."
+    if not str(a.out).strip(): raise ValueError("--out is empty: give the folder for the images (e.g. --out outputs)")
+    if a.strength is not None and getattr(a, 'init_image', None) is None and 0 < a.strength <= 1:   # (a bad value: named below)
+        raise ValueError("--strength applies to image-to-image only: give --init-image too (or leave --strength out)")
+    if a.strength is None: a.strength = 0.8
+    if a.eta > 1: raise ValueError(f"--eta must lie in [0, 1] (1 is DDPM-like noise; above 1 a DDIM step takes the square root of a negative number), got {a.eta}")
+
+@contextlib.contextmanager
+def _folder_lock(folder:Path):
+    "Hold an exclusive lock on a folder (`flock` on the folder itself, no lock file), so concurrent processes take turns."
+    try: import fcntl
+    except ImportError: yield; return                                 # (no flock on this system: no lock)
+    fd = os.open(folder, os.O_RDONLY)
+    try: fcntl.flock(fd, fcntl.LOCK_EX); yield
+    finally: os.close(fd)                                             # closing the descriptor releases the lock
+
+def _save_numbered(img, out:Path, seed:int, index:int|None=None) -> Path:
+    "Write `img` as `out/NNN_seedS.png` under the first free number (or `index`, replacing, with --overwrite), whole or not at all. The number is claimed under a lock on the folder, so two `generate`s writing into one folder at once never take the same one."
+    from sd_scratch.core import atomic_write
+    with _folder_lock(out):
+        p = out/f"{_first_free_index(out) if index is None else index:03d}_seed{seed}.png"
+        with atomic_write(p, overwrite=index is not None) as tmp: img.save(tmp, format='PNG')
+    return p
+
+
 # %% ../nbs/09_cli.ipynb #2ae97e05
 def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The arguments of `sd_scratch generate`."
@@ -85,7 +113,7 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
     p.add_argument('--lora', default=None, metavar='FILE[:SCALE]', help='add a LoRA adapter (ours, or diffusers/peft '
                    'safetensors) at strength SCALE (default 1; 0 = without it), e.g. --lora data/toy_star_lora.safetensors:0.8')
     p.add_argument('--init-image', dest='init_image', default=None, help='start from this image (image-to-image)')
-    p.add_argument('--strength', type=float, default=0.8, help='image-to-image: how much of the init image to noise away, in (0, 1]')
+    p.add_argument('--strength', type=float, default=None, help='image-to-image: how much of the init image to noise away, in (0, 1] (default 0.8)')
     return p
 
 # %% ../nbs/09_cli.ipynb #476ac608
@@ -119,8 +147,8 @@ def _open_image(path):
     except (UnidentifiedImageError, OSError) as e: raise ValueError(f"--init-image {path} is not an image PIL can read: {e}") from None
 
 def _first_free_index(out:Path) -> int:
-    "The number after the highest `NNN_*.png` already in `out` (0 in an empty folder)."
-    taken = [int(p.name[:3]) for p in out.glob('[0-9][0-9][0-9]_*.png')]
+    "The number after the highest `NNN_*.png` already in `out` (0 in an empty folder; 1000 and up after 999)."
+    taken = [int(m[1]) for p in out.glob('[0-9]*_*.png') if (m := re.match(r'([0-9]{3,})_', p.name))]
     return max(taken) + 1 if taken else 0
 
 def generate_main(a:argparse.Namespace) -> list[Path]:
@@ -134,7 +162,6 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
         import sd_scratch.lora                                       # lesson 07b gives the pipeline `load_lora`
         sd.load_lora(*lora_arg(a.lora))
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
-    first = 0 if a.overwrite else _first_free_index(out)
     paths = []
     for i, prompt in enumerate(prompts):
         kw = dict(negative_prompt=a.negative, steps=a.steps, guidance_scale=a.guidance, sampler=sampler_name(a), eta=a.eta,
@@ -142,8 +169,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
         if a.height: kw['height'] = a.height
         if a.width: kw['width'] = a.width
         img = sd.generate(prompt, **kw)[0]
-        p = out/f"{first + i:03d}_seed{a.seed + i}.png"
-        with atomic_write(p, overwrite=a.overwrite) as tmp: img.save(tmp, format='PNG')   # whole file or nothing
+        p = _save_numbered(img, out, a.seed + i, i if a.overwrite else None)   # whole file or nothing, under a free number
         paths.append(p); print(p, flush=True)
     return paths
 
@@ -171,6 +197,7 @@ def train_main(a:argparse.Namespace) -> dict:
     from sd_scratch.train import load_run_config
     from dataclasses import asdict
     from sd_scratch.train import RunConfig
+    if not str(a.out).strip(): raise ValueError("--out is empty: give the run folder (e.g. --out runs/toy)")
     run = load_run_config(a.config, data=getattr(a, 'data', None), checkpoint=getattr(a, 'checkpoint', None))
     if getattr(a, 'steps', None) is not None:
         if a.steps < 1: raise ValueError(f"--steps must be at least 1, got {a.steps}")
@@ -249,6 +276,17 @@ def data_main(a:argparse.Namespace) -> dict:
     if world > 1: dist.destroy_process_group()
     return res
 
+# %% ../nbs/09_cli.ipynb #dfea8a73
+def _interrupted(a:argparse.Namespace, e:KeyboardInterrupt) -> str:
+    "The one line Ctrl-C ends a command with: what was kept, and (train) how to go on."
+    if a.command == 'generate': return f"\nsd_scratch generate: interrupted; the images finished before it are in {a.out}\n"
+    if a.command != 'train': return f"\nsd_scratch {a.command}: interrupted; what was finished is kept (the same command again continues)\n"
+    if getattr(e, 'checkpoint', None) is None:
+        return f"\nsd_scratch train: interrupted; {a.out}/checkpoint.safetensors, if there is one, holds the last saved step\n"
+    return (f"sd_scratch train: interrupted after step {e.step}; {e.checkpoint} holds every finished step. Continue with: "
+            f"sd_scratch train --config {shlex.quote(str(a.config))} --out {shlex.quote(str(a.out))} --resume\n")
+
+
 # %% ../nbs/09_cli.ipynb #6f0911c9
 def main(argv:list|None=None):
     "Entry point of the `sd_scratch` console script."
@@ -262,6 +300,8 @@ def main(argv:list|None=None):
         dict(generate=generate_main, train=train_main, data=data_main)[a.command](a)   # (the console script exits 0: nothing returned)
     except (ValueError, OSError, FloatingPointError) as e:   # bad input, files, a diverged run: one line, no traceback
         p.exit(2, f"sd_scratch {a.command}: error: {e}\n")
+    except KeyboardInterrupt as e:                           # Ctrl-C: what was finished is kept; one line, exit 130
+        p.exit(130, _interrupted(a, e) if os.environ.get('RANK', '0') == '0' else None)
 
 # %% ../nbs/09_cli.ipynb #57352f1e
 #| eval: false

@@ -371,7 +371,8 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
     if (p := root/'scheduler'/'scheduler_config.json').exists():
         c = _read_json(p)
         if c.get('prediction_type', 'epsilon') != 'epsilon':
-            raise CheckpointError(f"{p}: this model was trained to predict {c['prediction_type']!r} (as SD 2.x 768-v models are); "
+            raise CheckpointError(f"{p}: this model was trained to predict {c['prediction_type']!r}"
+                                  f"{' (as SD 2.x 768-v models are)' if c['prediction_type'] == 'v_prediction' else ''}; "
                                   "sd_scratch's samplers use noise ('epsilon') prediction, the SD 1.x kind, only")
         schedule = NoiseSchedule(c.get('num_train_timesteps', 1000), c.get('beta_start', 0.00085), c.get('beta_end', 0.012),
                                  c.get('beta_schedule', 'scaled_linear'))

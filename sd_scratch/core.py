@@ -16,8 +16,9 @@ from safetensors.torch import save_file, safe_open
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'default_device', 'seed_everything', 'check_image_tensor', 'image_to_tensor', 'tensor_to_images',
            'image_grid', 'save_grid', 'figure_dir', 'long_cells', 'show_images', 'asset_path', 'load_state_strict',
-           'atomic_write', 'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'config_dict',
-           'save_weights', 'Weights', 'read_weights', 'SavesWeights', 'state_and_config']
+           'atomic_write', 'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'interrupt_requested',
+           'stop_on_interrupt', 'config_dict', 'save_weights', 'Weights', 'read_weights', 'SavesWeights',
+           'state_and_config']
 
 # %% ../nbs/00_core.ipynb #a1a9423b
 if os.environ.get('IN_TEST') and 'OMP_NUM_THREADS' not in os.environ:   # under nbdev_test, one worker per core runs a notebook:
@@ -188,6 +189,9 @@ def load_state_strict(module:torch.nn.Module, # the module to load into
         def fmt(title, ks): return f"\n  {len(ks)} {title}: " + ', '.join(ks[:max_list]) + (' ...' if len(ks) > max_list else '') if ks else ''
         raise KeyError(f"{what} does not fit {type(module).__name__}:" + fmt('missing keys', missing)
                        + fmt('unexpected keys', unexpected) + fmt('shape mismatches (given vs expected)', shapes))
+    ints = [f"{k} ({state[k].dtype})" for k in own if own[k].is_floating_point() and not state[k].is_floating_point()]
+    if ints: raise ValueError(f"{what}: {len(ints)} weights are integers (a quantized file?), not floating point numbers: "
+                              f"{', '.join(ints[:5])}{' ...' if len(ints) > 5 else ''}; sd_scratch loads float weights only")
     module.load_state_dict(state, strict=True)
     return module
 
@@ -229,7 +233,10 @@ def atomic_save_safetensors(tensors:dict, # name -> contiguous tensor
                             metadata:dict|None=None # str -> str, stored in the header
                            ) -> Path:
     "Write `tensors` to `path` so that a crash at any moment leaves either the old file or the new one, never a torn one."
-    with atomic_write(path) as tmp: save_file(tensors, tmp, metadata=metadata)
+    with atomic_write(path) as tmp:
+        try: save_file(tensors, tmp, metadata=metadata)
+        except SafetensorError as e:                             # e.g. a full disk: one line, and the old file stays
+            raise OSError(f"could not write {path}: {e}; the file that was there, if any, is unchanged") from None
     return Path(path)
 
 def atomic_write_text(path, # the target file
@@ -251,6 +258,31 @@ def load_safetensors(path, # a .safetensors file
             return {k: f.get_tensor(k) for k in f.keys()}, dict(f.metadata() or {})
     except (SafetensorError, OSError, ValueError) as e:
         raise ValueError(f"{path} is not a readable safetensors file (truncated or not safetensors at all): {e}") from None
+
+# %% ../nbs/00_core.ipynb #ad16e141
+_STOP = dict(requested=False, at=0.)
+
+def interrupt_requested() -> bool:
+    "True once Ctrl-C asked the loop inside `stop_on_interrupt` to stop at its next step boundary."
+    return _STOP['requested']
+
+@contextlib.contextmanager
+def stop_on_interrupt(grace:float=1.0 # a second Ctrl-C within this many seconds is the same request (torchrun passes the terminal's on)
+                     ):
+    "Inside: the first Ctrl-C (SIGINT) only sets `interrupt_requested()`, so a training loop finishes its step, saves and stops; one more, later than `grace` seconds after, interrupts at once (`KeyboardInterrupt`). Outside, or off the main thread: Ctrl-C as usual."
+    import signal, sys, threading, time
+    if threading.current_thread() is not threading.main_thread(): yield; return
+    def on_sigint(signum, frame):
+        if _STOP['requested']:
+            if time.monotonic() - _STOP['at'] > grace: raise KeyboardInterrupt   # asked twice: stop now
+            return
+        _STOP.update(requested=True, at=time.monotonic())
+        print("\nCtrl-C: finishing this step, then saving a checkpoint (press Ctrl-C again to stop at once)", file=sys.stderr, flush=True)
+    _STOP['requested'] = False
+    old = signal.signal(signal.SIGINT, on_sigint)
+    try: yield
+    finally: signal.signal(signal.SIGINT, old); _STOP['requested'] = False
+
 
 # %% ../nbs/00_core.ipynb #f895acf7
 WEIGHTS_FORMAT = 'sd_scratch.weights.v1'

@@ -274,6 +274,15 @@ def folder_metadata(folder # an image folder
                                   f"{', ...' if len(bad) > 8 else ''}) were skipped")
     return out
 
+# %% ../nbs/00a_data.ipynb #7c6a02d9
+def _shard_prefixes(paths:list) -> list:
+    "The key prefix of each tar shard: its escaped name with '_' escaped too (so `a.tar` + `b_c` and `a_b.tar` + `c` stay apart: `a_b_c`, `a%5Fb_c`), and its path from the shards' common folder when two shards share a name."
+    stems = [p.stem for p in paths]
+    root = os.path.commonpath([str(p.parent.resolve()) for p in paths]) if len(set(stems)) < len(stems) else None
+    names = [p.stem if stems.count(p.stem) == 1 else Path(os.path.relpath(p.parent.resolve(), root), p.stem).as_posix() for p in paths]
+    return [_escape_key(n).replace('_', '%5F') for n in names]
+
+
 # %% ../nbs/00a_data.ipynb #53c013c8
 _TAR_IMAGE_EXTS = tuple(e[1:] for e in IMAGE_EXTS)              # extensions of images inside tar shards
 _DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError, SyntaxError)   # what PIL raises on bad bytes
@@ -351,8 +360,7 @@ def iter_tar_shards(paths, # img2dataset / WebDataset tar files: KEY.jpg (or .pn
     missing = [str(p) for p in paths if not p.exists()]
     if missing: raise FileNotFoundError(f"shards not found: {missing[:5]}")
     st = ShardStats() if stats is None else stats
-    for path in paths:
-        prefix = _escape_key(path.stem)
+    for path, prefix in zip(paths, _shard_prefixes(paths)):
         for key, data, caption, meta in _tar_samples(path, st): yield f"{prefix}_{key}", data, caption, meta
     if stats is None and st.skipped: warnings.warn(f"{len(paths)} shards: skipped {st.skipped} of {st.seen} samples ({st})")
 

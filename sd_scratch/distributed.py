@@ -157,6 +157,10 @@ class DistributedTrainer(Trainer):
         rec['loss'] = all_reduce_mean(rec['loss'])
         return rec
 
+    def stop_requested(self) -> bool:
+        "Ctrl-C on any rank stops every rank after the same step (so none waits forever in the next all-reduce)."
+        return all_reduce_mean(float(super().stop_requested())) > 0
+
 # %% ../nbs/08_ddp.ipynb #7cb38a96
 class LatentStream:
     "Latent shards read from disk as a trainer's data: each rank streams its own shards and encodes the captions as it goes."

@@ -149,6 +149,8 @@ def read_lora(path # a LoRA .safetensors file in diffusers/peft names (ours, or 
              ) -> tuple[dict, dict]:
     "{layer name: (A, B)} and the adapter's config (r, lora_alpha) from a LoRA file; anything else in it is an error that names it."
     tensors, meta = load_safetensors(path)
+    ints = [k for k, v in tensors.items() if not v.is_floating_point() and not k.endswith('.alpha')]   # (kohya's alpha: a number)
+    if ints: raise ValueError(f"{path}: LoRA weights must be floating point numbers; {len(ints)} are {tensors[ints[0]].dtype} (e.g. {ints[0]})")
     if any(k.startswith(KOHYA_PREFIX) for k in tensors): return _read_kohya(tensors, path)   # kohya / A1111 names (below)
     config = json.loads(meta[LORA_METADATA_KEY]) if LORA_METADATA_KEY in meta else {}
     config = {k.removeprefix('unet.'): v for k, v in config.items() if k.startswith('unet.')}

@@ -294,9 +294,20 @@ class StableDiffusion:
             if callback is not None: callback(i, t, z, x0)
         x = self._runner('vae')((z / self.scaling_factor).to(self.vae_dtype))   # `vae.decode`, or its compiled callable
         if not torch.isfinite(x).all():                    # never a black image that looks like a result
-            raise FloatingPointError("the sample is not finite (NaN or inf): the model's weights or the inputs are broken, or "
-                                     f"the guidance scale ({guidance_scale}) is too large for this model")
+            raise FloatingPointError(f"the sample is not finite (NaN or inf): {_not_finite_culprit(self, guidance_scale, eta)}")
         return _to_output(x, output_type)
+
+# %% ../nbs/06_cfg.ipynb #299e617b
+def _not_finite_culprit(sd:StableDiffusion, guidance_scale:float, eta:float) -> str:
+    "Why a sample came out NaN or inf, naming the setting that is outside its useful range (or else the weights or inputs)."
+    loras = [m.scale for m in sd.unet.modules() if hasattr(m, 'lora_A') and abs(getattr(m, 'scale', 0)) > 10]   # 07b's adapters
+    if loras: return f"the LoRA scale ({loras[0]:g}) is too large (useful scales lie around 0 to 2)"
+    if eta > 1: return f"eta ({eta:g}) is above 1 (0 to 1 is DDIM's range; above it a step takes the square root of a negative number)"
+    if abs(guidance_scale) > 30: return f"the guidance scale ({guidance_scale:g}) is too large for this model (SD uses 1-15)"
+    bad = [n for n, p in sd.unet.named_parameters() if not torch.isfinite(p).all()]
+    return (f"the UNet's weights are broken ({bad[0]} holds NaN or inf)" if bad else "the model's weights or the inputs are broken"
+            + (f", or the guidance scale ({guidance_scale:g}) is too large for this model" if guidance_scale > 1 else ''))
+
 
 # %% ../nbs/06_cfg.ipynb #acf72d19
 def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports

@@ -12,10 +12,11 @@ from .core import *
 from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import Trainer` keeps working
 
 # %% auto #0
-__all__ = ['TOY_UNET', 'RECIPES', 'BOOKKEEPING', 'RunConfig', 'with_base', 'load_run_config', 'build_model', 'init_unet_path',
-           'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache',
-           'latent_cache_from_shards', 'build_data', 'check_data_origin', 'read_latents', 'latent_folder',
-           'split_validation', 'RunFolder', 'export_lora', 'export_pipeline', 'train_run']
+__all__ = ['TOY_UNET', 'RECIPES', 'RUN_FILES', 'BOOKKEEPING', 'RunConfig', 'with_base', 'load_run_config', 'build_model',
+           'init_unet_path', 'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders',
+           'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'check_data_origin', 'read_latents',
+           'latent_folder', 'split_validation', 'RunFolder', 'TrainingInterrupted', 'export_lora', 'export_pipeline',
+           'train_run']
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
 @dataclass
@@ -196,15 +197,17 @@ def load_run_config(config:str|dict|RunConfig, # a name in RECIPES, a JSON file 
         if not p.is_file(): raise FileNotFoundError(f"config file {p} does not exist")
         try: config = json.loads(p.read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as e: raise ValueError(f"config file {p} is not valid JSON: {e}") from None
+        except RecursionError: raise ValueError(f"config file {p} is nested too deeply to be a recipe") from None
     if not isinstance(config, dict): raise ValueError(f"a recipe must be a name, a JSON file or a JSON object, got {type(config).__name__}")
     d = dict(config)
     base = d.pop('base', None)
     if base is not None:
-        if base not in RECIPES: raise ValueError(f"unknown base recipe {base!r}; known: {sorted(RECIPES)}")
+        if not isinstance(base, str) or base not in RECIPES: raise ValueError(f"unknown base recipe {base!r}; known: {sorted(RECIPES)}")
         if not isinstance(d.get('train', {}), dict): raise ValueError(f"'train' must be a JSON object of TrainConfig fields, got {d['train']!r}")
         merged = copy.deepcopy(RECIPES[base])
         merged.update({k: v for k, v in d.items() if k != 'train'})
         merged['train'] = {**merged['train'], **d.get('train', {})}
+        if isinstance(d.get('model_config'), dict) and merged['model'] == RECIPES[base]['model']: merged['model_config'] = {**RECIPES[base].get('model_config', {}), **d['model_config']}
         d = merged
     return RunConfig.from_dict(with_base(d, data, checkpoint))
 
@@ -393,6 +396,97 @@ class RunFolder:
     def __enter__(self): return self.acquire()
     def __exit__(self, *exc): self.release()
 
+# %% ../nbs/07c_recipes.ipynb #02441680
+RUN_FILES = ('checkpoint.safetensors', 'run_config.json', 'log.jsonl', 'unet.safetensors', 'model.safetensors', 'lora.safetensors',
+             'lora_kohya.safetensors', 'sd.safetensors', 'diffusers', 'samples')   # a folder holding any of them is a run folder
+
+def _resolved(d:dict) -> dict:
+    "A saved recipe (dict) with the defaults of its training and model configs filled in, as JSON values."
+    d = dict(d)
+    try: d['train'] = json.loads(TrainConfig.from_dict(d.get('train') or {}).to_json())
+    except (ValueError, TypeError): pass
+    if d.get('init_unet') is None and isinstance(d.get('model_config'), dict):
+        try:
+            if d.get('model') == 'tiny_conv': cls = TinyConvConfig
+            else: from sd_scratch.unet import UNetConfig as cls
+            d['model_config'] = config_dict(cls(**d['model_config']))
+        except (ValueError, TypeError): pass
+    return d
+
+def _same_recipe(saved:dict, run:RunConfig) -> bool:
+    "Whether a saved recipe is `run`'s, resolved, bookkeeping fields aside (what `--resume` may change)."
+    def core(d): return ({k: v for k, v in d.items() if k != 'train' and k not in BOOKKEEPING['run']},
+                         {k: v for k, v in d.get('train', {}).items() if k not in BOOKKEEPING['train']})
+    return core(_resolved(saved)) == core(_resolved(json.loads(json.dumps(asdict(run)))))
+
+def _check_device(device:str):
+    "Refuse a device this machine lacks ('cuda' without a CUDA GPU, 'cuda:3' of two) or one that holds no numbers ('meta'), by name."
+    if device == 'auto': return
+    d, n = torch.device(device), torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if d.type == 'cuda' and not n: raise ValueError(f"device {device!r}: this machine has no CUDA GPU that PyTorch can use (torch.cuda.is_available() is False); use 'auto' or 'cpu'")
+    if d.type == 'cuda' and d.index is not None and d.index >= n: raise ValueError(f"device {device!r}: this machine has {n} CUDA GPU(s), cuda:0 to cuda:{n - 1}")
+    if d.type == 'mps' and not (getattr(torch.backends, 'mps', None) is not None and torch.backends.mps.is_available()):
+        raise ValueError(f"device {device!r}: Apple's mps is not available here; use 'auto' or 'cpu'")
+    if d.type not in ('cpu', 'cuda', 'mps'): raise ValueError(f"device {device!r} cannot train a model: use 'auto', 'cpu', 'cuda', 'cuda:N' or 'mps'")
+
+def _check_run_start(run:RunConfig, out_dir:Path, resume:bool):
+    "Before anything is built or written: the device exists; a new run's folder holds no other run's files (only a run with this very recipe that died before its first checkpoint may start again); a resumed checkpoint was trained with this training config."
+    _check_device(run.train_config().device)
+    ckpt = out_dir/'checkpoint.safetensors'
+    if resume: return _check_checkpoint_config(ckpt, run)
+    found = [f for f in RUN_FILES if (out_dir/f).exists()]
+    try: pid = int((out_dir/'.lock').read_text().strip() or 0)
+    except (OSError, ValueError): pid = 0
+    if not found or (pid and pid != os.getpid() and _alive(pid)): return   # (a live run holds it: \`RunFolder\` names it)
+    try: saved = json.loads((out_dir/'run_config.json').read_text())
+    except (OSError, ValueError, RecursionError): saved = None
+    if saved is not None and _same_recipe(saved, run) and set(found) <= {'run_config.json', 'log.jsonl', 'samples'}:
+        return                                                          # this recipe, killed before its first checkpoint: again
+    raise FileExistsError(f"{out_dir} holds a training run's files ({', '.join(found)}) but no checkpoint.safetensors to resume from: "
+                          "nothing there is replaced; choose another folder (or move those files away)")
+
+def _check_checkpoint_config(ckpt:Path, run:RunConfig):
+    "Refuse to resume a checkpoint trained with another training config than the recipe's (bookkeeping fields aside): the checkpoint's own copy is read, so a deleted run_config.json changes nothing."
+    from safetensors import safe_open
+    try:
+        with safe_open(str(ckpt), framework='pt') as f: saved = json.loads((f.metadata() or {}).get('train_config') or '{}')
+    except Exception: return                                            # unreadable: load_checkpoint says why
+    saved, now = _resolved({'train': saved})['train'], json.loads(run.train_config().to_json())
+    diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if k not in BOOKKEEPING['train'] and saved.get(k) != now.get(k)}
+    if diff: raise ValueError(f"--resume: {ckpt} was trained with another training config; differing fields (checkpoint, now): {diff}. "
+                              "Resume with the recipe the run started with, or start a new run in another folder")
+
+def _model_context_dim(run:RunConfig) -> int|None:
+    "The context width the recipe's model takes (None when it cannot be told without building it)."
+    if run.init_unet == 'sd': return None                              # the encoders' own file: they fit
+    if run.init_unet is not None:
+        from safetensors import safe_open
+        try:
+            with safe_open(str(init_unet_path(run)), framework='pt') as f: return json.loads((f.metadata() or {}).get('config') or '{}').get('cross_attention_dim')
+        except Exception: return None
+    cfg = run.model_config_object()
+    return getattr(cfg, 'cross_attention_dim', getattr(cfg, 'context_dim', None))
+
+def _check_context_width(run:RunConfig, enc:Encoders):
+    "The text encoder's contexts must be as wide as the model's cross-attention: checked on one caption, before any data is encoded."
+    want, got = _model_context_dim(run), enc.encode_text(['']).shape[-1]
+    if want is not None and want != got:
+        key = 'context_dim' if run.model == 'tiny_conv' else 'cross_attention_dim'
+        raise ValueError(f"the text encoder (encoders={run.encoders!r}) makes {got}-wide contexts, but the model takes {key}={want}: "
+                         f"set model_config's {key} to {got}, or start from a recipe that fits (e.g. \"base\": \"toy\")")
+
+class TrainingInterrupted(KeyboardInterrupt):
+    "Ctrl-C stopped `train_run` between two steps: `checkpoint` holds every finished step (`step` of them); resume from it."
+    def __init__(self, step:int, checkpoint):
+        super().__init__(f"stopped after step {step}: {checkpoint} holds every finished step")
+        self.step, self.checkpoint = step, checkpoint
+
+def _fit_or_stop(trainer:Trainer):
+    "`trainer.fit()`, where Ctrl-C finishes the step, saves the checkpoint and raises `TrainingInterrupted` (every process after the same step)."
+    with stop_on_interrupt(): trainer.fit()
+    if trainer.step < trainer.cfg.steps: raise TrainingInterrupted(trainer.step, trainer.checkpoint_path)
+
+
 # %% ../nbs/07c_recipes.ipynb #a9003ff7
 BOOKKEEPING = dict(train=('log_every', 'ckpt_every', 'sample_every', 'sample_prompts', 'sample_steps', 'sample_guidance', 'device', 'steps',
                          'channels_last', 'compile', 'val_every', 'val_timesteps'),
@@ -402,6 +496,7 @@ def _check_resume(saved:dict, run:RunConfig):
     "Refuse to resume a run with another recipe than the one it started with (bookkeeping fields aside)."
     now = json.loads(json.dumps(asdict(run)))
     saved = {**{k: v for k, v in json.loads(json.dumps(asdict(RunConfig()))).items() if k != 'train'}, **saved}   # fields added since: their defaults
+    saved, now = _resolved(saved), _resolved(now)                      # a default spelled out is no change
     diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if k != 'train' and k not in BOOKKEEPING['run'] and saved.get(k) != now.get(k)}
     st, nt = saved.get('train', {}), now['train']
     diff.update({f'train.{k}': (st.get(k), nt.get(k)) for k in sorted(set(st) | set(nt))
@@ -452,18 +547,20 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         raise FileExistsError(f"{out_dir} already holds a training run (checkpoint.safetensors): pass resume=True (--resume) to "
                               "continue it, or choose another folder")
     if resume and saved_run.exists(): _check_resume(json.loads(saved_run.read_text()), run)
+    _check_run_start(run, out_dir, resume)                             # another run's files, a missing device, the checkpoint's config
     if run.init_unet is not None: init_unet_path(run)                  # a missing start file: say so before encoding any data
     folder = RunFolder(out_dir)
     if int(os.environ.get('RANK') or 0) == 0: folder.acquire()        # one run per folder (under torchrun, rank 0 holds it)
     try:
         enc = recipe_encoders(run)
+        _check_context_width(run, enc)                                 # before any data is encoded
         data, val = split_validation(run, (make_data or build_data)(run, enc, out_dir), enc)
         trainer = trainer_class(build_model(run), data, run.train_config(), out_dir, pipeline=enc.pipeline, progress=progress,
                                 val=val, **trainer_kwargs)
         if resume: trainer.load_checkpoint(ckpt)
         elif trainer.is_main and trainer.log_path.exists(): trainer.log_path.unlink()   # a run that died before its first checkpoint
         if trainer.is_main: atomic_write_text(saved_run, json.dumps(asdict(run), indent=1))
-        trainer.fit()
+        _fit_or_stop(trainer)                                          # Ctrl-C: the step finishes, a checkpoint, TrainingInterrupted
         if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
         else: trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
         if run.init_unet is not None and not run.lora and enc.pipeline is not None:

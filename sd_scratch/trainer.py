@@ -472,6 +472,7 @@ class Trainer:
     def reduce_metrics(self, rec:dict) -> dict:
         "Combine a step's metrics across processes before logging; one process: as they are."
         return rec
+    def stop_requested(self) -> bool: return interrupt_requested()     # one process; `DistributedTrainer` asks every rank
 
     def fit(self, until:int|None=None # train up to this step (default: cfg.steps)
            ) -> list:
@@ -494,6 +495,7 @@ class Trainer:
                 if self.cfg.sample_every and self.step % self.cfg.sample_every == 0: self.save_samples()
                 if self.cfg.ckpt_every and self.step % self.cfg.ckpt_every == 0 and self.checkpoint_path is not None:
                     self.save_checkpoint(); saved = self.step
+                if self.stop_requested(): break                          # Ctrl-C (`stop_on_interrupt`): saved just below
         finally:
             bar.close()
             if report is not None and hasattr(report, 'done'): report.done()   # e.g. draw the last steps

@@ -41,6 +41,11 @@ class UNetConfig:
         if isinstance(self.num_heads, int): self.num_heads = (self.num_heads,) * n
         if isinstance(self.transformer_depth, int): self.transformer_depth = (self.transformer_depth,) * n
         self.num_heads, self.transformer_depth = tuple(self.num_heads), tuple(self.transformer_depth)
+        def sizes(v): return v if isinstance(v, tuple) else (v,)
+        bad = [f"{k}={getattr(self, k)!r}" for k in ('in_channels', 'out_channels', 'block_out_channels', 'layers_per_block', 'num_heads',
+               'cross_attention_dim', 'transformer_depth', 'norm_groups')
+               if not all(isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in sizes(getattr(self, k)))]
+        if n < 1 or bad: raise ValueError(f"UNetConfig: sizes must be positive ints, got {', '.join(bad) or 'no block_out_channels'}")
         for name in ('cross_attn_levels', 'num_heads', 'transformer_depth'):
             if len(getattr(self, name)) != n: raise ValueError(f"{name} needs one entry per level ({n}), got {getattr(self, name)}")
         for ch, h in zip(self.block_out_channels, self.num_heads):
