@@ -283,8 +283,9 @@ def _interrupted(a:argparse.Namespace, e:KeyboardInterrupt) -> str:
     if a.command != 'train': return f"\nsd_scratch {a.command}: interrupted; what was finished is kept (the same command again continues)\n"
     if getattr(e, 'checkpoint', None) is None:
         return f"\nsd_scratch train: interrupted; {a.out}/checkpoint.safetensors, if there is one, holds the last saved step\n"
+    given = ''.join(f" --{k} {shlex.quote(str(getattr(a, k)))}" for k in ('data', 'checkpoint', 'steps') if getattr(a, k, None) is not None)
     return (f"sd_scratch train: interrupted after step {e.step}; {e.checkpoint} holds every finished step. Continue with: "
-            f"sd_scratch train --config {shlex.quote(str(a.config))} --out {shlex.quote(str(a.out))} --resume\n")
+            f"sd_scratch train --config {shlex.quote(str(a.config))}{given} --out {shlex.quote(str(a.out))} --resume\n")
 
 
 # %% ../nbs/09_cli.ipynb #6f0911c9
