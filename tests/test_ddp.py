@@ -113,7 +113,9 @@ def test_configs():
     tc = sd.train_config()
     assert (tc.batch_size, tc.grad_accum_steps, sd.per_process_batch(2)) == (96, 2, 24)   # 2 GPUs x 24 x 2 = 96
     assert sorted(RECIPES) == ['finetune', 'lora', 'lora_toy', 'sd15_2x5090', 'tiny', 'toy', 'toy_shipped']
-    for name in RECIPES: assert load_run_config(dict(base=name)).name == name   # every recipe is a base
+    for name, r in RECIPES.items():                                                 # every recipe is a base (finetune and lora
+        needs = dict(data='my_data', checkpoint='toy') if r['data'] is None else {}   # name no data or model of their own)
+        assert load_run_config(dict(base=name), **needs).name == name
     assert (tc.lr, tc.min_snr_gamma, tc.ema_decay, tc.mixed_precision, tc.gradient_checkpointing) == (1e-4, 5.0, 0.9999, 'bf16', True)
     with pytest.raises(ValueError, match='known recipes'): load_run_config('small')
     with pytest.raises(ValueError, match='unknown RunConfig keys'): load_run_config(dict(name='x', modle='unet'))
