@@ -566,7 +566,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         _fit_or_stop(trainer)                                          # Ctrl-C: the step finishes, a checkpoint, TrainingInterrupted
         if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
         else: trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
-        if (run.init_unet is not None or run.encoders == 'sd') and not run.lora and enc.pipeline is not None:
-            export_pipeline(trainer, enc.pipeline, out_dir)              # a fine-tune, or a UNet trained on a model file's encoders (07d): an SD single file and a diffusers folder too
+        if (run.init_unet is not None or run.encoders == 'sd') and not run.lora and not run.stream and enc.pipeline is not None:
+            export_pipeline(trainer, enc.pipeline, out_dir)              # a fine-tune, or a UNet trained on a model file's encoders (07d): an SD single file and a diffusers folder too (a streamed full-size run, lesson 08, exports unet.safetensors only)
     finally: folder.release()
     return trainer

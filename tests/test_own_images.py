@@ -205,11 +205,11 @@ def test_full_fine_tune(world):
 
 
 def _readme_commands() -> list:
-    "The shell commands of the README's 'Train on your own images' section, in order."
+    "The shell commands of the first block of the README's 'Train on your own images' section, in order."
     text = (REPO/'README.md').read_text()
     section = text.split('## Train on your own images', 1)[1].split('\n## ', 1)[0]
-    blocks = re.findall(r"```(?:bash|sh)?\n(.*?)```", section, re.S)
-    return [l.strip() for b in blocks for l in b.splitlines() if l.strip().startswith('sd_scratch ')]
+    first = re.findall(r"```(?:bash|sh)?\n(.*?)```", section, re.S)[0]       # the section's first block: the commands on your photos
+    return [l.strip() for l in first.splitlines() if l.strip().startswith('sd_scratch ')]
 
 
 def test_readme_own_images_commands(tmp_path):
