@@ -111,7 +111,7 @@ class StableDiffusion:
 
     def __getattr__(self, name):
         if name in ('load_lora', 'unload_lora'):                       # added by lesson 07b, which this lesson comes before
-            raise AttributeError(f"StableDiffusion.{name} is added by the LoRA lesson (07b): `import sd_scratch.lora` first")
+            raise AttributeError(f"StableDiffusion.{name} is added by the LoRA lesson (07b): import its module, lora, first")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def compile(self, unet:bool=True, # sample through a compiled UNet (where sampling spends its time)
