@@ -8,8 +8,9 @@ import math
 import numpy as np, torch
 
 # %% auto #0
-__all__ = ['BETA_SCHEDULES', 'TIMESTEP_SPACINGS', 'cosine_betas', 'NoiseSchedule', 'make_timesteps', 'img2img_skip',
-           'img2img_timesteps', 'Sampler', 'DDPMSampler', 'DDIMSampler']
+__all__ = ['BETA_SCHEDULES', 'PREDICTION_TYPES', 'TIMESTEP_SPACINGS', 'cosine_betas', 'rescale_zero_terminal_snr',
+           'NoiseSchedule', 'make_timesteps', 'img2img_skip', 'img2img_timesteps', 'Sampler', 'DDPMSampler',
+           'DDIMSampler']
 
 # %% ../nbs/05_ddpm_ddim.ipynb #512f4580
 def cosine_betas(num_train_timesteps:int, # T, the number of training timesteps
@@ -22,6 +23,17 @@ def cosine_betas(num_train_timesteps:int, # T, the number of training timesteps
 
 # %% ../nbs/05_ddpm_ddim.ipynb #91755294
 BETA_SCHEDULES = ('linear', 'scaled_linear', 'squaredcos_cap_v2', 'cosine')
+PREDICTION_TYPES = ('epsilon', 'v_prediction', 'sample')   # diffusers' names for what the network outputs (05b derives them)
+
+def rescale_zero_terminal_snr(betas:torch.Tensor # (T,) betas of any schedule
+                             ) -> torch.Tensor:
+    "Lin et al. 2024, Algorithm 1: shift and scale sqrt(abar) so the last timestep keeps no signal (abar_{T-1} = 0), the first unchanged."
+    abar_sqrt = torch.cumprod(1 - betas, 0).sqrt()       # float32, as diffusers computes it
+    first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
+    abar_sqrt = (abar_sqrt - last) * first / (first - last)
+    abar = abar_sqrt ** 2
+    alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
+    return 1 - alphas
 
 class NoiseSchedule:
     "The fixed forward process: betas, alphas, their cumulative product, and noising in closed form."
@@ -29,11 +41,18 @@ class NoiseSchedule:
                  num_train_timesteps:int=1000, # T: timesteps the model is trained on (t = 0 .. T-1)
                  beta_start:float=0.00085, # beta at t = 0 (linear and scaled_linear)
                  beta_end:float=0.012, # beta at t = T-1 (linear and scaled_linear)
-                 beta_schedule:str='scaled_linear' # 'linear', 'scaled_linear' (SD 1.x) or 'cosine' / 'squaredcos_cap_v2'
+                 beta_schedule:str='scaled_linear', # 'linear', 'scaled_linear' (SD 1.x) or 'cosine' / 'squaredcos_cap_v2'
+                 prediction_type:str='epsilon', # what the network outputs: 'epsilon' (SD 1.x), 'v_prediction' (SD 2.x 768) or 'sample' (x0)
+                 rescale_betas_zero_snr:bool=False # Lin et al. 2024: rescale the betas so the last timestep is pure noise (needs v or x0)
                 ):
         if beta_schedule not in BETA_SCHEDULES:
             raise ValueError(f"beta_schedule must be one of {BETA_SCHEDULES}, got {beta_schedule!r}")
         if num_train_timesteps < 2: raise ValueError(f"num_train_timesteps must be at least 2, got {num_train_timesteps}")
+        if prediction_type not in PREDICTION_TYPES:
+            raise ValueError(f"prediction_type must be one of {PREDICTION_TYPES}, got {prediction_type!r}")
+        if rescale_betas_zero_snr and prediction_type == 'epsilon':
+            raise ValueError("rescale_betas_zero_snr=True makes the last timestep pure noise, where an epsilon prediction says nothing "
+                             "about the image (x0 = (z - eps) / 0): use prediction_type='v_prediction' or 'sample' (Lin et al. 2024)")
         if not 0 < beta_start <= beta_end < 1:
             raise ValueError(f"need 0 < beta_start <= beta_end < 1, got beta_start={beta_start}, beta_end={beta_end}")
         self.num_train_timesteps, self.beta_schedule = num_train_timesteps, beta_schedule
@@ -42,11 +61,15 @@ class NoiseSchedule:
         if beta_schedule == 'linear': self.betas = torch.linspace(beta_start, beta_end, T, dtype=torch.float32)
         elif beta_schedule == 'scaled_linear': self.betas = torch.linspace(beta_start**0.5, beta_end**0.5, T, dtype=torch.float32) ** 2
         else: self.betas = cosine_betas(T)
+        self.prediction_type, self.rescale_betas_zero_snr = prediction_type, bool(rescale_betas_zero_snr)
+        if rescale_betas_zero_snr: self.betas = rescale_zero_terminal_snr(self.betas)
         self.alphas = 1.0 - self.betas                         # (T,)
         self.alphas_cumprod = torch.cumprod(self.alphas, dim=0) # (T,) abar_t: the signal fraction left at t
 
     def __len__(self): return self.num_train_timesteps
-    def __repr__(self): return f"NoiseSchedule({self.num_train_timesteps}, {self.beta_schedule}, beta {self.beta_start} -> {self.beta_end})"
+    def __repr__(self):
+        extra = ('' if self.prediction_type == 'epsilon' else f", {self.prediction_type}") + (', zero terminal SNR' if self.rescale_betas_zero_snr else '')
+        return f"NoiseSchedule({self.num_train_timesteps}, {self.beta_schedule}, beta {self.beta_start} -> {self.beta_end}{extra})"
 
     def _abar(self, t, like:torch.Tensor) -> torch.Tensor:
         "alphas_cumprod at `t` (int, or (B,) tensor), shaped to broadcast against `like` (B, ...)."
@@ -79,13 +102,28 @@ class NoiseSchedule:
         "Invert the closed form: the clean sample implied by noise prediction `eps` at `z_t`."
         abar = self._abar(t, z_t)
         return (z_t - (1 - abar) ** 0.5 * eps) / abar ** 0.5
+    def target(self, x0:torch.Tensor, noise:torch.Tensor, t) -> torch.Tensor:
+        "What the network is trained to output at `add_noise(x0, noise, t)`: `noise`, the velocity, or `x0` (by `prediction_type`)."
+        if self.prediction_type == 'epsilon': return noise
+        if self.prediction_type == 'v_prediction': return self.velocity(x0, noise, t)
+        return x0
+    def split(self, model_output:torch.Tensor, # the network's output at (z_t, t)
+              t, # timestep: int, or (B,) tensor
+              z_t:torch.Tensor # the noisy sample it saw
+             ) -> tuple:
+        "The output as `(eps, x0)`, whatever `prediction_type` the network predicts: every sampler steps with these two."
+        abar = self._abar(t, z_t)
+        a, s = abar ** 0.5, (1 - abar) ** 0.5
+        if self.prediction_type == 'epsilon': return model_output, (z_t - s * model_output) / a
+        if self.prediction_type == 'v_prediction': return a * model_output + s * z_t, a * z_t - s * model_output
+        return (z_t - a * model_output) / s, model_output
 
 # %% ../nbs/05_ddpm_ddim.ipynb #bc359808
-TIMESTEP_SPACINGS = ('leading', 'trailing')
+TIMESTEP_SPACINGS = ('leading', 'trailing', 'linspace')
 
 def make_timesteps(num_train_timesteps:int, # T
                    num_inference_steps:int, # how many denoising steps to take
-                   timestep_spacing:str='leading', # 'leading' (SD 1.x) or 'trailing'
+                   timestep_spacing:str='leading', # 'leading' (SD 1.x), 'trailing' or 'linspace'
                    steps_offset:int=1 # added to 'leading' timesteps (SD 1.x: 1)
                   ) -> torch.LongTensor:
     "The timesteps a sampler visits, descending, as `diffusers` computes them."
@@ -99,6 +137,8 @@ def make_timesteps(num_train_timesteps:int, # T
     elif timestep_spacing == 'trailing':
         ratio = num_train_timesteps / num_inference_steps
         ts = torch.from_numpy(np.round(np.arange(num_train_timesteps, 0, -ratio)).astype(np.int64)) - 1   # T-1, ..., counting back
+    elif timestep_spacing == 'linspace':
+        ts = torch.from_numpy(np.linspace(0, num_train_timesteps - 1, num_inference_steps).round()[::-1].astype(np.int64).copy())
     else: raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
     if ts.max() >= num_train_timesteps:
         raise ValueError(f"timestep {ts.max().item()} is out of range for {num_train_timesteps} training timesteps "
@@ -134,7 +174,7 @@ class Sampler:
     init_noise_sigma = 1.0  # the starting noise's standard deviation: z_T ~ N(0, I) here (05a's sigma samplers start wider)
     def __init__(self, schedule:NoiseSchedule, # the forward process the model was trained with
                  num_inference_steps:int=50, # denoising steps
-                 timestep_spacing:str='leading', # 'leading' (SD 1.x) or 'trailing'
+                 timestep_spacing:str='leading', # 'leading' (SD 1.x), 'trailing' or 'linspace'
                  steps_offset:int=1 # added to 'leading' timesteps (SD 1.x: 1)
                 ):
         if not isinstance(schedule, NoiseSchedule): raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
@@ -191,7 +231,7 @@ class DDPMSampler(Sampler):
         i = self._ts_list.index(t)
         return self._ts_list[i + 1] if i + 1 < len(self._ts_list) else -1
 
-    def step(self, eps:torch.Tensor, # the model's noise prediction at (z_t, t)
+    def step(self, model_output:torch.Tensor, # the network's output at (z_t, t): eps, v or x0, as `schedule.prediction_type` says
              t, # current timestep (int or 0-d tensor), one of `self.timesteps`
              z_t:torch.Tensor, # current noisy sample
              generator:torch.Generator|None=None, # for the fresh noise
@@ -204,7 +244,7 @@ class DDPMSampler(Sampler):
         abar_prev = self._abar(t_prev, z_t) if t_prev >= 0 else torch.tensor(1.0, device=z_t.device)
         alpha = abar_t / abar_prev                                       # the alpha of this (possibly long) jump
         beta = 1 - alpha
-        x0 = (z_t - (1 - abar_t) ** 0.5 * eps) / abar_t ** 0.5          # predicted clean sample (no clamp)
+        eps, x0 = self.schedule.split(model_output, t, z_t)              # predicted noise and clean sample (no clamp)
         mean = (abar_prev ** 0.5 * beta) / (1 - abar_t) * x0 + alpha ** 0.5 * (1 - abar_prev) / (1 - abar_t) * z_t
         z_prev = mean
         if t > 0:
@@ -218,7 +258,7 @@ class DDIMSampler(Sampler):
     def __init__(self, schedule:NoiseSchedule, # the forward process the model was trained with
                  num_inference_steps:int=50, # denoising steps
                  eta:float=0.0, # 0: deterministic; 1: DDPM's noise level
-                 timestep_spacing:str='leading', # 'leading' (SD 1.x) or 'trailing'
+                 timestep_spacing:str='leading', # 'leading' (SD 1.x), 'trailing' or 'linspace'
                  steps_offset:int=1 # added to 'leading' timesteps (SD 1.x: 1)
                 ):
         super().__init__(schedule, num_inference_steps, timestep_spacing, steps_offset)
@@ -230,7 +270,7 @@ class DDIMSampler(Sampler):
         "The timestep DDIM jumps to from `t` (as diffusers: `t - T // steps`; negative means 'the end')."
         return t - self.schedule.num_train_timesteps // self.num_inference_steps
 
-    def step(self, eps:torch.Tensor, # the model's noise prediction at (z_t, t)
+    def step(self, model_output:torch.Tensor, # the network's output at (z_t, t): eps, v or x0, as `schedule.prediction_type` says
              t, # current timestep (int or 0-d tensor), one of `self.timesteps`
              z_t:torch.Tensor, # current noisy sample
              generator:torch.Generator|None=None, # for the fresh noise when eta > 0
@@ -241,7 +281,7 @@ class DDIMSampler(Sampler):
         t = self._check_t(t); t_prev = self.prev_timestep(t)
         abar_t = self._abar(t, z_t)
         abar_prev = self._abar(t_prev, z_t) if t_prev >= 0 else self.final_alpha_cumprod.to(z_t.device)
-        x0 = (z_t - (1 - abar_t) ** 0.5 * eps) / abar_t ** 0.5          # predicted clean sample (no clamp)
+        eps, x0 = self.schedule.split(model_output, t, z_t)              # predicted noise and clean sample (no clamp)
         var = ((1 - abar_prev) / (1 - abar_t)) * (1 - abar_t / abar_prev)  # DDPM's posterior variance for this jump
         sigma = self.eta * var ** 0.5
         z_prev = abar_prev ** 0.5 * x0 + (1 - abar_prev - sigma ** 2) ** 0.5 * eps
