@@ -33,7 +33,7 @@ def test_schedule_contract():
     (lambda: NoiseSchedule(beta_schedule='nope'), 'beta_schedule must be one of'),
     (lambda: DDIMSampler(NoiseSchedule(), 0), '>= 1'),
     (lambda: DDPMSampler(NoiseSchedule(), -3), '>= 1'),
-    (lambda: DDIMSampler(NoiseSchedule(), 10, timestep_spacing='linspace'), 'timestep_spacing'),
+    (lambda: DDIMSampler(NoiseSchedule(), 10, timestep_spacing='uniform'), 'timestep_spacing'),
     (lambda: make_timesteps(1000, 1000), 'out of range'),
     (lambda: img2img_timesteps(make_timesteps(1000, 50), 0.0), 'strength must be in (0, 1]'),
     (lambda: img2img_timesteps(make_timesteps(1000, 50), 1.01), 'strength must be in (0, 1]'),
