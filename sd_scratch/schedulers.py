@@ -10,7 +10,7 @@ import numpy as np, torch
 # %% auto #0
 __all__ = ['BETA_SCHEDULES', 'PREDICTION_TYPES', 'TIMESTEP_SPACINGS', 'cosine_betas', 'rescale_zero_terminal_snr',
            'NoiseSchedule', 'make_timesteps', 'img2img_skip', 'img2img_timesteps', 'Sampler', 'DDPMSampler',
-           'DDIMSampler']
+           'DDIMSampler', 'FlowSchedule']
 
 # %% ../nbs/05_ddpm_ddim.ipynb #512f4580
 def cosine_betas(num_train_timesteps:int, # T, the number of training timesteps
@@ -287,3 +287,40 @@ class DDIMSampler(Sampler):
         z_prev = abar_prev ** 0.5 * x0 + (1 - abar_prev - sigma ** 2) ** 0.5 * eps
         if self.eta > 0: z_prev = z_prev + sigma * self._noise(eps, generator, variance_noise)
         return (z_prev, x0) if return_x0 else z_prev
+
+# %% ../nbs/05_ddpm_ddim.ipynb #e97f10a7
+class FlowSchedule:
+    "Rectified flow / flow matching: `z = (1 - s) x0 + s noise` with `s = t / T`; the network predicts the velocity `noise - x0`."
+    prediction_type = 'flow_matching'
+    rescale_betas_zero_snr = False   # nothing to rescale: s = 1 is pure noise already
+    def __init__(self, num_train_timesteps:int=1000, # T: the network sees t = s * T, a float in [0, T]
+                 shift:float=1.0 # sampling: diffusers' `shift`, s -> shift s / (1 + (shift - 1) s) (SD3: 3.0); 1 = none
+                ):
+        if not isinstance(num_train_timesteps, int) or num_train_timesteps < 2:
+            raise ValueError(f"num_train_timesteps must be an integer >= 2, got {num_train_timesteps!r}")
+        if not (isinstance(shift, (int, float)) and math.isfinite(shift) and shift > 0): raise ValueError(f"shift must be a number > 0, got {shift!r}")
+        self.num_train_timesteps, self.shift = num_train_timesteps, float(shift)
+    def __len__(self): return self.num_train_timesteps
+    def __repr__(self): return f"FlowSchedule({self.num_train_timesteps}{f', shift {self.shift:g}' if self.shift != 1 else ''})"
+    def _s(self, t, like:torch.Tensor) -> torch.Tensor:
+        "s = t / T at `t` (number, or (B,) tensor), shaped to broadcast against `like` (B, ...)."
+        t = torch.as_tensor(t, dtype=torch.float32)
+        if not torch.isfinite(t).all() or t.min() < 0 or t.max() > self.num_train_timesteps:
+            raise ValueError(f"flow timesteps must lie in [0, {self.num_train_timesteps}], got {t.min().item()}..{t.max().item()}")
+        return (t / self.num_train_timesteps).to(device=like.device, dtype=like.dtype).flatten().reshape(-1, *([1] * (like.ndim - 1)))
+    def add_noise(self, x0:torch.Tensor, noise:torch.Tensor, t) -> torch.Tensor:
+        "The point at `s = t / T` on the straight line from `x0` (s = 0) to `noise` (s = 1)."
+        if x0.shape != noise.shape: raise ValueError(f"x0 {tuple(x0.shape)} and noise {tuple(noise.shape)} must have the same shape")
+        s = self._s(t, x0)
+        return (1 - s) * x0 + s * noise
+    def target(self, x0:torch.Tensor, noise:torch.Tensor, t) -> torch.Tensor:
+        "The velocity along the line, `noise - x0` (the same at every `t`)."
+        return noise - x0
+    def split(self, model_output:torch.Tensor, t, z_t:torch.Tensor) -> tuple:
+        "A velocity prediction as `(eps, x0)`: `x0 = z - s v`, `eps = z + (1 - s) v`."
+        s = self._s(t, z_t)
+        return z_t + (1 - s) * model_output, z_t - s * model_output
+    def snr(self, t) -> torch.Tensor:
+        "Signal-to-noise ratio `((1 - s) / s)²` at `t` (infinite at t = 0)."
+        s = torch.as_tensor(t, dtype=torch.float32) / self.num_train_timesteps
+        return ((1 - s) / s) ** 2
