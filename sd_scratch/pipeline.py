@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np, torch
 from PIL import Image
 from .core import image_to_tensor, check_image_tensor, asset_path, read_weights
-from .schedulers import NoiseSchedule, Sampler
+from .schedulers import NoiseSchedule, FlowSchedule, Sampler
 from .samplers import make_sampler, SAMPLER_NAMES
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'StableDiffusion', 'load_unet', 'playground', 'record_cross_attention', 'token_heatmaps',
-           'attention_explorer']
+__all__ = ['COMPILE_MODES', 'StableDiffusion', 'schedule_from_facts', 'load_unet', 'playground', 'record_cross_attention',
+           'token_heatmaps', 'attention_explorer']
 
 # %% ../nbs/06_cfg.ipynb #651a1df5
 def _as_list(prompt, what:str) -> list[str]:
@@ -62,10 +62,12 @@ class StableDiffusion:
                  text_encoder, # `CLIPTextEncoder`: ids -> (B, 77, D) context
                  vae, # `AutoencoderKL`
                  unet, # `UNet2DCondition`: (z_t, t, context) -> eps
-                 schedule:NoiseSchedule|None=None, # the forward process the UNet was trained with; default SD 1.x
+                 schedule:NoiseSchedule|FlowSchedule|None=None, # the forward process the UNet was trained with; default SD 1.x (a FlowSchedule: a flow-matching model)
                  default_size:int=512): # image side used when `generate` is given no height/width (512 for SD 1.x)
         self.tokenizer, self.text_encoder, self.vae, self.unet = tokenizer, text_encoder, vae, unet
         self.schedule, self.default_size = schedule or NoiseSchedule(), default_size
+        if not isinstance(self.schedule, (NoiseSchedule, FlowSchedule)):
+            raise TypeError(f"schedule must be a NoiseSchedule or a FlowSchedule, got {type(self.schedule).__name__}")
         self._compile_opts, self._compiled = None, {}                # set by `compile`: sampling's compiled callables
 
     @classmethod
@@ -106,7 +108,8 @@ class StableDiffusion:
                      steps:int, # denoising steps
                      eta:float=0.0 # DDIM's noise; any other sampler refuses eta != 0
                     ) -> Sampler:
-        "A fresh sampler over `steps` steps for this pipeline's noise schedule (`sd_scratch.samplers.make_sampler`)."
+        "A fresh sampler over `steps` steps for this pipeline's noise schedule (`sd_scratch.samplers.make_sampler`); on a flow-matching model the default 'ddim' means 'flow_euler'."
+        if isinstance(self.schedule, FlowSchedule) and sampler == 'ddim': sampler = 'flow_euler'   # its one sampler: DDIM cannot sample it
         return make_sampler(sampler, self.schedule, steps, eta)
 
     def __getattr__(self, name):
@@ -229,7 +232,7 @@ class StableDiffusion:
                  negative_prompt:str|list[str]|None=None, # what to steer away from; None: the empty prompt
                  steps:int=50, # denoising steps (img2img runs `int(steps * strength)` of them)
                  guidance_scale:float=7.5, # classifier-free guidance weight; <= 1 turns guidance off
-                 sampler:str='ddim', # 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'
+                 sampler:str='ddim', # 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'; 'flow_euler' for a flow-matching model (where 'ddim', the default, means it)
                  eta:float=0.0, # DDIM noise: 0 deterministic, 1 DDPM-like (other samplers refuse eta != 0)
                  seed:int|None=0, # seeds the starting noise and every later draw; None: not seeded
                  height:int|None=None, # image height, a multiple of 8 (default 512, or the init image's)
@@ -310,14 +313,23 @@ def _not_finite_culprit(sd:StableDiffusion, guidance_scale:float, eta:float) -> 
 
 
 # %% ../nbs/06_cfg.ipynb #acf72d19
+def schedule_from_facts(facts:dict # a weights file's 'schedule' fact: NoiseSchedule's arguments, or a flow's (prediction_type 'flow_matching')
+                       ) -> NoiseSchedule|FlowSchedule:
+    "The schedule a weights file says its UNet was trained with."
+    facts = dict(facts)
+    if facts.get('prediction_type') == 'flow_matching':
+        facts.pop('prediction_type')
+        return FlowSchedule(**facts)
+    return NoiseSchedule(**facts)
+
 def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports
              ) -> tuple:
-    "(`UNet2DCondition` in eval mode, the `NoiseSchedule` it was trained with) from one weights file."
+    "(`UNet2DCondition` in eval mode, the `NoiseSchedule` or `FlowSchedule` it was trained with) from one weights file."
     from sd_scratch.unet import UNet2DCondition
     w = read_weights(path, 'UNet2DCondition')
     if 'schedule' not in w.extra:
         raise ValueError(f"{path} does not say which noise schedule its UNet was trained with (no 'schedule' in its extra facts)")
-    return UNet2DCondition.from_weights(w), NoiseSchedule(**w.extra['schedule'])
+    return UNet2DCondition.from_weights(w), schedule_from_facts(w.extra['schedule'])
 
 # %% ../nbs/06_cfg.ipynb #dc54c936
 def _png(im:Image.Image, side:int=256) -> bytes:

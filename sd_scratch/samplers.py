@@ -6,11 +6,12 @@
 from __future__ import annotations
 import math
 import numpy as np, torch
-from .schedulers import NoiseSchedule, Sampler, DDPMSampler, DDIMSampler, img2img_skip
+from .schedulers import NoiseSchedule, FlowSchedule, Sampler, DDPMSampler, DDIMSampler, img2img_skip
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'SAMPLER_NAMES', 'schedule_sigmas', 'sigma_to_t', 't_to_sigma', 'karras_sigmas', 'SigmaSampler',
-           'EulerSampler', 'EulerAncestralSampler', 'HeunSampler', 'DPMSolverPP2MSampler', 'make_sampler']
+__all__ = ['KARRAS_SAMPLERS', 'SAMPLERS', 'SAMPLER_NAMES', 'schedule_sigmas', 'sigma_to_t', 't_to_sigma', 'karras_sigmas',
+           'SigmaSampler', 'EulerSampler', 'EulerAncestralSampler', 'HeunSampler', 'DPMSolverPP2MSampler', 'flow_shift',
+           'FlowMatchEulerSampler', 'make_sampler']
 
 # %% ../nbs/05a_samplers.ipynb #33a99cba
 def schedule_sigmas(schedule:NoiseSchedule # the forward process
@@ -47,6 +48,11 @@ def karras_sigmas(sigma_min:float, # the smallest noise level (the last step's)
     return (hi + ramp * (lo - hi)) ** rho
 
 # %% ../nbs/05a_samplers.ipynb #a825bc01
+def _check_steps(n, T:int):
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_inference_steps (steps) must be an integer >= 1, got {n!r}")
+    if n > T: raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={T}")
+
 class SigmaSampler(Sampler):
     "Shared by the samplers of the probability-flow ODE: noise levels `sigmas`, the timesteps the UNet sees, a step counter."
     order = 1                  # entries of `timesteps` per denoising step (Heun: 2, its two UNet calls)
@@ -55,11 +61,12 @@ class SigmaSampler(Sampler):
                  num_inference_steps:int=50, # denoising steps
                  karras:bool=False # Karras et al. 2022 noise levels (rho = 7) instead of evenly spaced timesteps
                 ):
+        if isinstance(schedule, FlowSchedule):
+            raise ValueError(f"{type(self).__name__} samples a NoiseSchedule; a FlowSchedule (flow matching) is sampled by "
+                             "FlowMatchEulerSampler, sampler 'flow_euler'")
         if not isinstance(schedule, NoiseSchedule): raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         T = schedule.num_train_timesteps
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps (steps) must be an integer >= 1, got {num_inference_steps!r}")
-        if num_inference_steps > T: raise ValueError(f"num_inference_steps={num_inference_steps} cannot exceed num_train_timesteps={T}")
+        _check_steps(num_inference_steps, T)
         self.schedule, self.num_inference_steps, self.karras = schedule, num_inference_steps, bool(karras)
         self.train_sigmas = schedule_sigmas(schedule)                       # (T,) float32
         ts = self._spaced_timesteps(T, num_inference_steps)                 # (n,) descending
@@ -118,7 +125,7 @@ class SigmaSampler(Sampler):
         if i == self._begin: self._reset()
         return i
 
-    def step(self, eps:torch.Tensor, # the model's noise prediction at (scale_model_input(x, t), t)
+    def step(self, model_output:torch.Tensor, # the network's output at (scale_model_input(x, t), t), as `schedule.prediction_type` says
              t, # the current timestep: the next entry of `timesteps` (or of what `start` returned)
              x:torch.Tensor, # the current sample, on the sigma scale (x = z_t / sqrt(abar_t))
              generator:torch.Generator|None=None, # for the fresh noise of ancestral samplers
@@ -127,7 +134,7 @@ class SigmaSampler(Sampler):
             ):
         "One step of the solver; the sampler counts the steps, so call it once per timestep, in order."
         i = self._advance(t)
-        x_prev, x0 = self._step(eps, i, x, generator, variance_noise)
+        x_prev, x0 = self._step(model_output, i, x, generator, variance_noise)
         self.step_index = i + 1
         return (x_prev, x0) if return_x0 else x_prev
 
@@ -226,13 +233,58 @@ class DPMSolverPP2MSampler(SigmaSampler):
         self._prev = (x0, lam_s)
         return z_prev.to(eps.dtype), x0
 
-# %% ../nbs/05a_samplers.ipynb #5a5f1564
-SAMPLERS = {'ddim': DDIMSampler, 'ddpm': DDPMSampler, 'euler': EulerSampler, 'euler_a': EulerAncestralSampler,
-            'heun': HeunSampler, 'dpmpp_2m': DPMSolverPP2MSampler}
-SAMPLER_NAMES = tuple(SAMPLERS) + tuple(f'{k}_karras' for k, c in SAMPLERS.items() if issubclass(c, SigmaSampler))
+# %% ../nbs/05a_samplers.ipynb #b8e70878
+def flow_shift(s, # noise level(s) s in [0, 1] (number, array or tensor)
+               shift:float # 1: unchanged; > 1 moves the levels toward noise (SD3: 3)
+              ):
+    "diffusers' shift of flow-matching noise levels: `s -> shift s / (1 + (shift - 1) s)`, which keeps 0 and 1 fixed."
+    return shift * s / (1 + (shift - 1) * s)
 
-def make_sampler(name:str, # one of `SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'
-                 schedule:NoiseSchedule, # the forward process the UNet was trained with
+class FlowMatchEulerSampler(SigmaSampler):
+    "Euler on the flow-matching ODE dz/ds = v: `z' = z + (s' - s) v`, on `diffusers`' (shifted) levels (`FlowMatchEulerDiscreteScheduler`)."
+    def __init__(self, schedule:FlowSchedule, # the rectified-flow process the network was trained with (its `shift` spaces the levels)
+                 num_inference_steps:int=50 # denoising steps (one network call each)
+                ):
+        if isinstance(schedule, NoiseSchedule):
+            raise ValueError(f"'flow_euler' samples a flow-matching model (a FlowSchedule); this model's schedule is a NoiseSchedule "
+                             f"({schedule.prediction_type}): use 'ddim', 'euler', 'dpmpp_2m' or another of its samplers")
+        if not isinstance(schedule, FlowSchedule): raise TypeError(f"schedule must be a FlowSchedule, got {type(schedule).__name__}")
+        T, shift = schedule.num_train_timesteps, schedule.shift
+        _check_steps(num_inference_steps, T)
+        self.schedule, self.num_inference_steps, self.karras = schedule, num_inference_steps, False
+        ends = flow_shift(torch.tensor([float(T), 1.0]) / T, shift)          # the constructor's largest and smallest levels (float32)
+        ts = np.linspace(ends[0].item() * T, ends[1].item() * T, num_inference_steps)   # evenly spaced t between them
+        sig = torch.from_numpy(flow_shift(ts / T, shift)).float()           # shifted (the smallest, again: as diffusers)
+        self.timesteps = sig * T                                            # (n,) what the network sees: t = s T
+        self.sigmas = torch.cat([sig, torch.zeros(1)])                      # (n + 1,): the last step lands on s = 0, the data
+        self._begin, self.step_index = 0, None
+
+    def __repr__(self): return f"FlowMatchEulerSampler({self.num_inference_steps} steps, shift {self.schedule.shift:g})"
+    @property
+    def init_noise_sigma(self) -> float: return 1.0    # s = 1 is N(0, I) itself
+    def scale_model_input(self, z:torch.Tensor, t) -> torch.Tensor: return z
+    def noise_to_start(self, x0:torch.Tensor, # clean latents
+                       noise:torch.Tensor # N(0, I), same shape
+                      ) -> torch.Tensor:
+        "Image-to-image: the point at the start's level on the line from `x0` to `noise` (diffusers' `scale_noise`)."
+        s = self.sigmas[self._begin].to(x0)
+        return s * noise + (1.0 - s) * x0
+
+    def _step(self, v, i, z, generator, variance_noise):
+        s, s_next = self.sigmas[i], self.sigmas[i + 1]
+        zf = z.float()
+        x0 = zf - s * v                                  # where the velocity points: the clean-sample estimate
+        return (zf + (s_next - s) * v).to(v.dtype), x0
+
+# %% ../nbs/05a_samplers.ipynb #5a5f1564
+KARRAS_SAMPLERS = (EulerSampler, EulerAncestralSampler, HeunSampler, DPMSolverPP2MSampler)   # take karras=True
+SAMPLERS = {'ddim': DDIMSampler, 'ddpm': DDPMSampler, 'euler': EulerSampler, 'euler_a': EulerAncestralSampler,
+            'heun': HeunSampler, 'dpmpp_2m': DPMSolverPP2MSampler, 'flow_euler': FlowMatchEulerSampler}
+SAMPLER_NAMES = (tuple(k for k in SAMPLERS if k != 'flow_euler') + tuple(f'{k}_karras' for k, c in SAMPLERS.items() if c in KARRAS_SAMPLERS)
+                 + ('flow_euler',))   # the samplers of a NoiseSchedule, then the one of a FlowSchedule
+
+def make_sampler(name:str, # one of `SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'; 'flow_euler' for a FlowSchedule
+                 schedule:NoiseSchedule|FlowSchedule, # the forward process the UNet was trained with
                  steps:int, # denoising steps (Heun calls the UNet 2 * steps - 1 times)
                  eta:float=0.0 # DDIM's noise; refused (unless 0) by every other sampler, which would ignore it
                 ) -> Sampler:
@@ -244,5 +296,6 @@ def make_sampler(name:str, # one of `SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'e
         raise ValueError(f"eta applies to the 'ddim' sampler only; {name!r} ignores it (DDPM and Euler a always add eta = 1 noise, "
                          "the others none): leave eta at 0")
     if name == 'ddpm': return DDPMSampler(schedule, steps)
+    if name == 'flow_euler': return FlowMatchEulerSampler(schedule, steps)
     karras = name.endswith('_karras')
     return SAMPLERS[name.removesuffix('_karras')](schedule, steps, karras=karras)

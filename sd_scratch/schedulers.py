@@ -177,6 +177,9 @@ class Sampler:
                  timestep_spacing:str='leading', # 'leading' (SD 1.x), 'trailing' or 'linspace'
                  steps_offset:int=1 # added to 'leading' timesteps (SD 1.x: 1)
                 ):
+        if getattr(schedule, 'prediction_type', None) == 'flow_matching':
+            raise ValueError(f"{type(self).__name__} samples a NoiseSchedule; a FlowSchedule (flow matching) is sampled by "
+                             "05a's FlowMatchEulerSampler, sampler 'flow_euler'")
         if not isinstance(schedule, NoiseSchedule): raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.schedule, self.num_inference_steps = schedule, num_inference_steps
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
