@@ -30,7 +30,7 @@ def rescale_zero_terminal_snr(betas:torch.Tensor # (T,) betas of any schedule
     "Lin et al. 2024, Algorithm 1: shift and scale sqrt(abar) so the last timestep keeps no signal (abar_{T-1} = 0), the first unchanged."
     abar_sqrt = torch.cumprod(1 - betas, 0).sqrt()       # float32, as diffusers computes it
     first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
-    abar_sqrt = (abar_sqrt - last) * first / (first - last)
+    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
     abar = abar_sqrt ** 2
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
     return 1 - alphas
