@@ -11,7 +11,6 @@ import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import *
 from .schedulers import NoiseSchedule, FlowSchedule
-from .samplers import SAMPLER_NAMES
 from .objectives import *   # the loss, its weighting and the training times (lesson 05b)
 _all_ = ['min_snr_weight', 'diffusion_loss']   # `from sd_scratch.trainer import diffusion_loss` (and sd_scratch.train) keep working
 
@@ -516,13 +515,13 @@ class Trainer:
         finally: unwrap(self.model).train()
         return x.float().cpu() * 2 - 1                                # [0, 1] -> [-1, 1]
 
-    def sampler_name(self) -> str|None:
-        "The sampler of the sample grids: 'ddim' for eps/v/x0, 05a's 'flow_euler' for flow matching (None where this version lacks it)."
-        return 'ddim' if not isinstance(self.schedule, FlowSchedule) else ('flow_euler' if 'flow_euler' in SAMPLER_NAMES else None)
+    def sampler_name(self) -> str:
+        "The sampler of the sample grids: DDIM for eps, v and x0 (it steps with `schedule.split`), 05a's `flow_euler` for flow matching."
+        return 'flow_euler' if isinstance(self.schedule, FlowSchedule) else 'ddim'
 
     def save_samples(self):
-        "Save a grid of EMA samples of the sample prompts to `samples/step_XXXXXX.png` (first process only; skipped without a sampler)."
-        if self.out_dir is None or self.pipeline is None or self.sampler_name() is None: return None
+        "Save a grid of EMA samples of the sample prompts to `samples/step_XXXXXX.png` (first process only)."
+        if self.out_dir is None or self.pipeline is None: return None
         self.barrier()
         p = self.out_dir/'samples'/f"step_{self.step:06d}.png"
         if self.is_main: save_grid(self.sample(), p, ncols=len(self.cfg.sample_prompts))

@@ -120,3 +120,22 @@ def test_pipeline_export_only_where_the_format_records_the_objective(capsys):
     v = tr('v_prediction', rescale_betas_zero_snr=True)
     assert _exports_objective(v) == (ddim_scheduler_config(v.schedule)['prediction_type'] == 'v_prediction'
                                      and ddim_scheduler_config(v.schedule)['rescale_betas_zero_snr'])
+
+
+@pytest.mark.parametrize('objective, extra', [('v_prediction', dict(rescale_betas_zero_snr=True)), ('sample', {}),
+                                              ('flow_matching', dict(time_sampling='logit_normal'))])
+def test_exported_unet_samples_with_the_objective_it_trained(tmp_path, objective, extra):
+    "A UNet trained with an objective exports its schedule; `load_unet` gives it back, and the pipeline samples with it."
+    import copy
+    from sd_scratch.pipeline import StableDiffusion, load_unet
+    from sd_scratch.trainer import Trainer, random_latent_cache
+    toy = StableDiffusion.from_pretrained('toy')
+    data = random_latent_cache(n=8, latent_size=4, n_captions=2, context_len=77, context_dim=toy.unet.cfg.cross_attention_dim)
+    cfg = TrainConfig(objective=objective, steps=1, batch_size=2, device='cpu', **extra)
+    tr = Trainer(copy.deepcopy(toy.unet), data, cfg, progress=False)
+    tr.fit()
+    unet, schedule = load_unet(tr.export(tmp_path/'unet.safetensors'))
+    assert type(schedule) is type(tr.schedule) and schedule_config(schedule) == schedule_config(tr.schedule)
+    sd = StableDiffusion(toy.tokenizer, toy.text_encoder, toy.vae, unet, schedule, default_size=32)
+    img = sd.generate('a red circle on a blue background', steps=3, seed=0, output_type='pt')
+    assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
