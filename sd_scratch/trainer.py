@@ -45,7 +45,7 @@ class TrainConfig:
     adam_betas:tuple = (0.9, 0.999)  # AdamW betas
     adam_eps:float = 1e-8            # AdamW epsilon
     grad_clip:float = 1.0            # clip the gradient's global norm to this; 0 disables
-    min_snr_gamma:float = 5.0        # Min-SNR-gamma loss weighting; 0 disables (plain MSE)
+    min_snr_gamma:float = 5.0        # Min-SNR-gamma loss weighting, for every objective (05b); 0 disables (plain MSE: SD3's flow matching)
     cfg_dropout:float = 0.1          # probability that a caption is replaced by the empty prompt
     offset_noise:float = 0.0         # std of a per-image, per-channel constant added to the noise (`add_offset_noise`); 0: off
     ema_decay:float = 0.999          # EMA decay (with warm-up: min(decay, (1+step)/(10+step)))
