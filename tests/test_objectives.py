@@ -139,3 +139,18 @@ def test_exported_unet_samples_with_the_objective_it_trained(tmp_path, objective
     sd = StableDiffusion(toy.tokenizer, toy.text_encoder, toy.vae, unet, schedule, default_size=32)
     img = sd.generate('a red circle on a blue background', steps=3, seed=0, output_type='pt')
     assert img.shape == (1, 3, 32, 32) and torch.isfinite(img).all()
+
+
+def test_sd_scratch_train_takes_the_objective_from_a_json_recipe(tmp_path):
+    "`sd_scratch train --config run.json` with train.objective: the run trains it and its weights file records it; a bad one is a sentence."
+    import subprocess, sys, shutil
+    cmd = [shutil.which('sd_scratch')] if shutil.which('sd_scratch') else [sys.executable, '-m', 'sd_scratch.cli']
+    (tmp_path/'run.json').write_text(json.dumps({"base": "tiny", "train": {"steps": 3, "objective": "flow_matching", "time_sampling": "logit_normal"}}))
+    r = subprocess.run(cmd + ['train', '--config', str(tmp_path/'run.json'), '--out', str(tmp_path/'run'), '--no-progress'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert schedule_from_config(read_weights(tmp_path/'run'/'model.safetensors').extra['schedule']).prediction_type == 'flow_matching'
+    (tmp_path/'bad.json').write_text(json.dumps({"base": "tiny", "train": {"objective": "epsilon", "rescale_betas_zero_snr": True}}))
+    r = subprocess.run(cmd + ['train', '--config', str(tmp_path/'bad.json'), '--out', str(tmp_path/'bad'), '--no-progress'],
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode != 0 and "use prediction_type='v_prediction' or 'sample'" in r.stderr and 'Traceback' not in r.stderr
