@@ -9,12 +9,12 @@ from pathlib import Path
 import numpy as np, torch
 from PIL import Image
 from .core import image_to_tensor, check_image_tensor, asset_path, read_weights
-from .schedulers import NoiseSchedule, Sampler
+from .schedulers import NoiseSchedule, FlowSchedule, Sampler, TIMESTEP_SPACINGS
 from .samplers import make_sampler, SAMPLER_NAMES
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'StableDiffusion', 'load_unet', 'playground', 'record_cross_attention', 'token_heatmaps',
-           'attention_explorer']
+__all__ = ['COMPILE_MODES', 'SAMPLING_KEYS', 'check_sampling_defaults', 'StableDiffusion', 'schedule_from_facts', 'load_unet',
+           'playground', 'record_cross_attention', 'token_heatmaps', 'attention_explorer']
 
 # %% ../nbs/06_cfg.ipynb #651a1df5
 def _as_list(prompt, what:str) -> list[str]:
@@ -56,16 +56,32 @@ def _check_cpp_compiler():
         raise RuntimeError(f"compiling for the CPU with the inductor backend needs a C++ compiler, and none works here ({e}); "
                            "install g++ (or point CXX at one), or sample without compile()") from None
 
+SAMPLING_KEYS = ('timestep_spacing', 'steps_offset')   # the sampling defaults a checkpoint may ask for (its prediction type lives in its schedule)
+
+def check_sampling_defaults(sampling:dict|None) -> dict:
+    "A checkpoint's sampling defaults, checked: {'timestep_spacing': 'leading'|'trailing'|'linspace', 'steps_offset': int >= 0}, either key optional."
+    sampling = {k: v for k, v in (sampling or {}).items() if v is not None}
+    if unknown := set(sampling) - set(SAMPLING_KEYS): raise ValueError(f"unknown sampling defaults {sorted(unknown)}; known: {', '.join(SAMPLING_KEYS)}")
+    if sampling.get('timestep_spacing', 'leading') not in TIMESTEP_SPACINGS:
+        raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {sampling['timestep_spacing']!r}")
+    off = sampling.get('steps_offset', 0)
+    if not isinstance(off, int) or isinstance(off, bool) or off < 0: raise ValueError(f"steps_offset must be an integer >= 0, got {off!r}")
+    return sampling
+
 class StableDiffusion:
     "Text-to-image and image-to-image with classifier-free guidance, from our CLIP text encoder, VAE and UNet."
     def __init__(self, tokenizer, # `CLIPTokenizer`: list of prompts -> (B, 77) token ids
                  text_encoder, # `CLIPTextEncoder`: ids -> (B, 77, D) context
                  vae, # `AutoencoderKL`
                  unet, # `UNet2DCondition`: (z_t, t, context) -> eps
-                 schedule:NoiseSchedule|None=None, # the forward process the UNet was trained with; default SD 1.x
-                 default_size:int=512): # image side used when `generate` is given no height/width (512 for SD 1.x)
+                 schedule:NoiseSchedule|FlowSchedule|None=None, # the forward process the UNet was trained with; default SD 1.x (a FlowSchedule: a flow-matching model)
+                 default_size:int=512, # image side used when `generate` is given no height/width (512 for SD 1.x)
+                 sampling:dict|None=None): # the checkpoint's sampling defaults: {'timestep_spacing': ..., 'steps_offset': ...}; unset keys: each sampler's own
         self.tokenizer, self.text_encoder, self.vae, self.unet = tokenizer, text_encoder, vae, unet
+        self.sampling = check_sampling_defaults(sampling)
         self.schedule, self.default_size = schedule or NoiseSchedule(), default_size
+        if not isinstance(self.schedule, (NoiseSchedule, FlowSchedule)):
+            raise TypeError(f"schedule must be a NoiseSchedule or a FlowSchedule, got {type(self.schedule).__name__}")
         self._compile_opts, self._compiled = None, {}                # set by `compile`: sampling's compiled callables
 
     @classmethod
@@ -104,10 +120,15 @@ class StableDiffusion:
 
     def make_sampler(self, sampler:str, # a name from `sd_scratch.samplers.SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', ..._karras
                      steps:int, # denoising steps
-                     eta:float=0.0 # DDIM's noise; any other sampler refuses eta != 0
+                     eta:float=0.0, # DDIM's noise; any other sampler refuses eta != 0
+                     timestep_spacing:str|None=None, # 'leading', 'trailing' or 'linspace'; None: the checkpoint's default (`self.sampling`), else the sampler's
+                     steps_offset:int|None=None # added to 'leading' timesteps; None: as timestep_spacing
                     ) -> Sampler:
-        "A fresh sampler over `steps` steps for this pipeline's noise schedule (`sd_scratch.samplers.make_sampler`)."
-        return make_sampler(sampler, self.schedule, steps, eta)
+        "A fresh sampler over `steps` steps for this pipeline's noise schedule (`sd_scratch.samplers.make_sampler`); on a flow-matching model the default 'ddim' means 'flow_euler'."
+        if isinstance(self.schedule, FlowSchedule) and sampler == 'ddim': sampler = 'flow_euler'   # its one sampler: DDIM cannot sample it
+        spacing = self.sampling.get('timestep_spacing') if timestep_spacing is None else timestep_spacing
+        offset = self.sampling.get('steps_offset') if steps_offset is None else steps_offset
+        return make_sampler(sampler, self.schedule, steps, eta, spacing, offset)
 
     def __getattr__(self, name):
         if name in ('load_lora', 'unload_lora'):                       # added by lesson 07b, which this lesson comes before
@@ -177,13 +198,19 @@ class StableDiffusion:
     def guided_eps(self, z:torch.Tensor, # latents (B, C, h, w)
                    t:torch.Tensor, # the current timestep (0-d)
                    context:torch.Tensor, # (2B, 77, D): unconditional (negative) half first, then conditional
-                   guidance_scale:float):
-        "Classifier-free guidance: one UNet call on the doubled batch, then `uncond + g * (cond - uncond)`."
+                   guidance_scale:float,
+                   guidance_rescale:float=0.0): # Lin et al. 2024: 0 plain guidance; up to 1, the guided output's std pulled back to the conditional one's
+        "Classifier-free guidance: one UNet call on the doubled batch, then `uncond + g * (cond - uncond)` (optionally rescaled)."
         unet = self._runner('unet')                                 # the UNet, or its compiled callable (`compile`)
         if guidance_scale <= 1: return unet(z, t, context)
         eps = unet(torch.cat([z, z]), t, context)                   # (B, C, h, w) -> (2B, C, h, w)
         eps_uncond, eps_cond = eps.chunk(2)                          # (2B, ...) -> 2 x (B, ...)
-        return eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        guided = eps_uncond + guidance_scale * (eps_cond - eps_uncond)
+        if guidance_rescale > 0:                                     # Lin et al. 2024, sec. 3.4, as diffusers' rescale_noise_cfg
+            dims = list(range(1, guided.ndim))                       # per sample: std over (C, h, w)
+            rescaled = guided * (eps_cond.std(dim=dims, keepdim=True) / guided.std(dim=dims, keepdim=True))
+            guided = guidance_rescale * rescaled + (1 - guidance_rescale) * guided
+        return guided
 
     def _init_latents(self, init_image, B:int, height, width, generator):
         "Encode the init image(s) to scaled latents (B, C, h, w), repeating one image over the batch."
@@ -229,7 +256,7 @@ class StableDiffusion:
                  negative_prompt:str|list[str]|None=None, # what to steer away from; None: the empty prompt
                  steps:int=50, # denoising steps (img2img runs `int(steps * strength)` of them)
                  guidance_scale:float=7.5, # classifier-free guidance weight; <= 1 turns guidance off
-                 sampler:str='ddim', # 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'
+                 sampler:str='ddim', # 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'; 'flow_euler' for a flow-matching model (where 'ddim', the default, means it)
                  eta:float=0.0, # DDIM noise: 0 deterministic, 1 DDPM-like (other samplers refuse eta != 0)
                  seed:int|None=0, # seeds the starting noise and every later draw; None: not seeded
                  height:int|None=None, # image height, a multiple of 8 (default 512, or the init image's)
@@ -240,25 +267,32 @@ class StableDiffusion:
                  generator:torch.Generator|None=None, # use this generator instead of `seed`
                  output_type:str='pil', # 'pil' (list of PIL images), 'pt' ([0, 1] tensor) or 'np' ((B, H, W, 3) array)
                  callback=None, # called as callback(i, t, latents, pred_x0) after every step (Heun: every UNet call); latents on the sampler's scale, pred_x0 the clean-latent estimate
-                 progress:bool=False): # show a tqdm progress bar
+                 progress:bool=False, # show a tqdm progress bar
+                 guidance_rescale:float=0.0, # Lin et al. 2024 (0.7 there): rescale the guided prediction's std toward the conditional one's; needs guidance
+                 timestep_spacing:str|None=None, # 'leading', 'trailing' or 'linspace'; None: the checkpoint's default (`sampling`), else the sampler's own
+                 steps_offset:int|None=None): # added to 'leading' timesteps; None: as timestep_spacing
         "Images for `prompt` (a list of PIL images by default)."
         prompts = _as_list(prompt, 'prompt'); B = len(prompts)
         negs = [''] * B if negative_prompt is None else _as_list(negative_prompt, 'negative_prompt')
         if len(negs) == 1: negs = negs * B
         if len(negs) != B: raise ValueError(f"got {len(negs)} negative prompts for {B} prompts")
         if output_type not in ('pil', 'pt', 'np'): raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        for name, v in (('guidance_scale', guidance_scale), ('eta', eta), ('strength', strength)):
+        for name, v in (('guidance_scale', guidance_scale), ('eta', eta), ('strength', strength), ('guidance_rescale', guidance_rescale)):
             if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
                 raise ValueError(f"{name} must be a finite number, got {v!r}")
         if abs(guidance_scale) > 1000: raise ValueError(f"guidance_scale={guidance_scale} is far outside any useful range (SD uses 1-15); "
                                                         "the guided prediction would overflow")
         if eta < 0: raise ValueError(f"eta must be >= 0, got {eta}")
+        if not 0 <= guidance_rescale <= 1: raise ValueError(f"guidance_rescale must lie in [0, 1] (0: off; Lin et al. 2024 use 0.7), got {guidance_rescale}")
+        if guidance_rescale > 0 and guidance_scale <= 1:
+            raise ValueError(f"guidance_rescale={guidance_rescale} rescales the guided prediction, but guidance is off (guidance_scale="
+                             f"{guidance_scale} <= 1): raise guidance_scale or leave guidance_rescale at 0")
         if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
             raise ValueError(f"seed must be an int from 0 to 2**63 - 1 (or None), got {seed!r}")
         if latents is not None and not torch.isfinite(latents).all(): raise ValueError("latents contain NaN or inf")
         if (height is None) != (width is None): raise ValueError("give both height and width, or neither")
         if latents is not None and init_image is not None: raise ValueError("pass either latents (text-to-image) or init_image (image-to-image), not both")
-        smp = self.make_sampler(sampler, steps, eta)     # checks the name, eta and steps >= 1
+        smp = self.make_sampler(sampler, steps, eta, timestep_spacing, steps_offset)   # checks the name, eta, spacing and steps >= 1
         timesteps = smp.start(1.0 if init_image is None else strength)   # image-to-image runs the tail of the timesteps
         if generator is None and seed is not None: generator = torch.Generator().manual_seed(seed)
 
@@ -289,7 +323,7 @@ class StableDiffusion:
             from tqdm.auto import tqdm
             it = tqdm(timesteps, desc='sampling')
         for i, t in enumerate(it):                        # Heun: two entries (two UNet calls) per step, so callbacks see both
-            eps = self.guided_eps(smp.scale_model_input(z, t), t, context, guidance_scale)
+            eps = self.guided_eps(smp.scale_model_input(z, t), t, context, guidance_scale, guidance_rescale)
             z, x0 = smp.step(eps, t, z, generator=generator, return_x0=True)
             if callback is not None: callback(i, t, z, x0)
         x = self._runner('vae')((z / self.scaling_factor).to(self.vae_dtype))   # `vae.decode`, or its compiled callable
@@ -310,14 +344,23 @@ def _not_finite_culprit(sd:StableDiffusion, guidance_scale:float, eta:float) -> 
 
 
 # %% ../nbs/06_cfg.ipynb #acf72d19
+def schedule_from_facts(facts:dict # a weights file's 'schedule' fact: NoiseSchedule's arguments, or a flow's (prediction_type 'flow_matching')
+                       ) -> NoiseSchedule|FlowSchedule:
+    "The schedule a weights file says its UNet was trained with."
+    facts = dict(facts)
+    if facts.get('prediction_type') == 'flow_matching':
+        facts.pop('prediction_type')
+        return FlowSchedule(**facts)
+    return NoiseSchedule(**facts)
+
 def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports
              ) -> tuple:
-    "(`UNet2DCondition` in eval mode, the `NoiseSchedule` it was trained with) from one weights file."
+    "(`UNet2DCondition` in eval mode, the `NoiseSchedule` or `FlowSchedule` it was trained with) from one weights file."
     from sd_scratch.unet import UNet2DCondition
     w = read_weights(path, 'UNet2DCondition')
     if 'schedule' not in w.extra:
         raise ValueError(f"{path} does not say which noise schedule its UNet was trained with (no 'schedule' in its extra facts)")
-    return UNet2DCondition.from_weights(w), NoiseSchedule(**w.extra['schedule'])
+    return UNet2DCondition.from_weights(w), schedule_from_facts(w.extra['schedule'])
 
 # %% ../nbs/06_cfg.ipynb #dc54c936
 def _png(im:Image.Image, side:int=256) -> bytes:

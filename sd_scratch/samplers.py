@@ -6,17 +6,20 @@
 from __future__ import annotations
 import math
 import numpy as np, torch
-from .schedulers import NoiseSchedule, Sampler, DDPMSampler, DDIMSampler, img2img_skip
+from .schedulers import NoiseSchedule, FlowSchedule, Sampler, DDPMSampler, DDIMSampler, img2img_skip, TIMESTEP_SPACINGS, PREDICTION_TYPES
 
 # %% auto #0
-__all__ = ['SAMPLERS', 'SAMPLER_NAMES', 'schedule_sigmas', 'sigma_to_t', 't_to_sigma', 'karras_sigmas', 'SigmaSampler',
-           'EulerSampler', 'EulerAncestralSampler', 'HeunSampler', 'DPMSolverPP2MSampler', 'make_sampler']
+__all__ = ['KARRAS_SAMPLERS', 'SAMPLERS', 'SAMPLER_NAMES', 'schedule_sigmas', 'sigma_to_t', 't_to_sigma', 'karras_sigmas',
+           'SigmaSampler', 'EulerSampler', 'EulerAncestralSampler', 'HeunSampler', 'DPMSolverPP2MSampler', 'flow_shift',
+           'FlowMatchEulerSampler', 'make_sampler']
 
 # %% ../nbs/05a_samplers.ipynb #33a99cba
 def schedule_sigmas(schedule:NoiseSchedule # the forward process
                    ) -> torch.Tensor:
     "sigma_t = sqrt((1 - abar_t) / abar_t) at every training timestep (T,): the noise-to-signal ratio of z_t."
     abar = schedule.alphas_cumprod
+    if schedule.rescale_betas_zero_snr:         # abar_{T-1} = 0 would make sigma_max infinite: diffusers' fix, the smallest
+        abar = abar.clone(); abar[-1] = 2 ** -24    # positive fp16 subnormal (sigma_max = 4096)
     return ((1 - abar) / abar) ** 0.5
 
 # %% ../nbs/05a_samplers.ipynb #767eaaf3
@@ -47,41 +50,74 @@ def karras_sigmas(sigma_min:float, # the smallest noise level (the last step's)
     return (hi + ramp * (lo - hi)) ** rho
 
 # %% ../nbs/05a_samplers.ipynb #a825bc01
+def _check_steps(n, T:int):
+    if not isinstance(n, int) or isinstance(n, bool) or n < 1:
+        raise ValueError(f"num_inference_steps (steps) must be an integer >= 1, got {n!r}")
+    if n > T: raise ValueError(f"num_inference_steps={n} cannot exceed num_train_timesteps={T}")
+
 class SigmaSampler(Sampler):
     "Shared by the samplers of the probability-flow ODE: noise levels `sigmas`, the timesteps the UNet sees, a step counter."
     order = 1                  # entries of `timesteps` per denoising step (Heun: 2, its two UNet calls)
     integer_timesteps = False  # DPM-Solver++ rounds its timesteps to integers (as diffusers); the Euler family keeps fractions
-    def __init__(self, schedule:NoiseSchedule, # the forward process the model was trained with
+    def __init__(self, schedule:NoiseSchedule, # the forward process the model was trained with (its prediction type, zero SNR)
                  num_inference_steps:int=50, # denoising steps
-                 karras:bool=False # Karras et al. 2022 noise levels (rho = 7) instead of evenly spaced timesteps
+                 karras:bool=False, # Karras et al. 2022 noise levels (rho = 7) instead of evenly spaced timesteps
+                 timestep_spacing:str='linspace', # 'linspace' (diffusers' class default), 'leading' (SD 1.5's config) or 'trailing'
+                 steps_offset:int=0 # added to 'leading' timesteps (SD 1.5's config: 1)
                 ):
+        if isinstance(schedule, FlowSchedule):
+            raise ValueError(f"{type(self).__name__} samples a NoiseSchedule; a FlowSchedule (flow matching) is sampled by "
+                             "FlowMatchEulerSampler, sampler 'flow_euler'")
         if not isinstance(schedule, NoiseSchedule): raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         T = schedule.num_train_timesteps
-        if not isinstance(num_inference_steps, int) or isinstance(num_inference_steps, bool) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps (steps) must be an integer >= 1, got {num_inference_steps!r}")
-        if num_inference_steps > T: raise ValueError(f"num_inference_steps={num_inference_steps} cannot exceed num_train_timesteps={T}")
+        _check_steps(num_inference_steps, T)
+        if timestep_spacing not in TIMESTEP_SPACINGS:
+            raise ValueError(f"timestep_spacing must be one of {TIMESTEP_SPACINGS}, got {timestep_spacing!r}")
+        if not isinstance(steps_offset, int) or isinstance(steps_offset, bool) or steps_offset < 0:
+            raise ValueError(f"steps_offset must be an integer >= 0, got {steps_offset!r}")
         self.schedule, self.num_inference_steps, self.karras = schedule, num_inference_steps, bool(karras)
+        self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset
         self.train_sigmas = schedule_sigmas(schedule)                       # (T,) float32
         ts = self._spaced_timesteps(T, num_inference_steps)                 # (n,) descending
+        if ts.max() > T - 1:
+            raise ValueError(f"timestep {ts.max():g} is out of range for {T} training timesteps ({num_inference_steps} 'leading' steps "
+                             f"with steps_offset={steps_offset}); use fewer steps, steps_offset=0 or timestep_spacing='trailing'")
+        sig = np.interp(ts, np.arange(T), self.train_sigmas.numpy())        # sigma at each timestep (linear in sigma between integers)
         if karras:
-            sig = karras_sigmas(self.train_sigmas[0].item(), self.train_sigmas[-1].item(), num_inference_steps)
-            ts = sigma_to_t(sig, self.train_sigmas)
+            sig = karras_sigmas(*self._karras_range(sig), num_inference_steps)
+            ts = sigma_to_t(sig, self.train_sigmas)                         # t(sigma): log sigma interpolated
             if self.integer_timesteps: ts = ts.round()
-        else: sig = np.interp(ts, np.arange(T), self.train_sigmas.numpy())  # sigma at each timestep (linear between integers)
         self.sigmas = torch.from_numpy(np.append(sig, 0.0).astype(np.float32))   # (n + 1,): the last step lands on sigma = 0
         self.timesteps = torch.from_numpy(ts.astype(np.int64 if self.integer_timesteps else np.float32))
         self._begin, self.step_index = 0, None
 
     def _spaced_timesteps(self, T:int, n:int) -> np.ndarray:
-        "diffusers' 'linspace' spacing of the Euler family: n timesteps from T-1 down to 0, fractional."
-        return np.linspace(0, T - 1, n, dtype=np.float32)[::-1].astype(np.float64)
+        "The Euler family's timesteps, as diffusers spaces them: 'linspace' n from T-1 to 0 (fractional), 'leading' k (T // n) + offset, 'trailing' T - k T/n - 1."
+        if self.timestep_spacing == 'linspace': ts = np.linspace(0, T - 1, n, dtype=np.float32)[::-1]
+        elif self.timestep_spacing == 'leading': ts = (np.arange(0, n) * (T // n)).round()[::-1].astype(np.float32) + self.steps_offset
+        else: ts = np.arange(T, 0, -T / n).round().astype(np.float32) - 1
+        return ts.astype(np.float64)
 
-    def __repr__(self): return f"{type(self).__name__}({self.num_inference_steps} steps{', karras' if self.karras else ''})"
+    def _karras_range(self, sig:np.ndarray) -> tuple:
+        "(sigma_min, sigma_max) of Karras levels: for the Euler family, the ends of the evenly spaced levels (so they follow the spacing)."
+        return sig[-1].item(), sig[0].item()
+
+    def __repr__(self):
+        return (f"{type(self).__name__}({self.num_inference_steps} steps{', karras' if self.karras else ''}, {self.timestep_spacing}"
+                f"{f' +{self.steps_offset}' if self.timestep_spacing == 'leading' else ''})")
 
     @property
     def init_noise_sigma(self) -> float:
-        "The starting noise's standard deviation: x_T = sigma_max * N(0, I)."
-        return float(self.sigmas.max())
+        "The starting noise's standard deviation: x_T = sigma_max N(0, I); with 'leading' spacing sqrt(sigma_max² + 1), as diffusers."
+        m = self.sigmas.max()                           # float32, computed as diffusers does
+        return float(m if self.timestep_spacing in ('linspace', 'trailing') else (m ** 2 + 1) ** 0.5)
+
+    def _denoise(self, model_output:torch.Tensor, sigma:torch.Tensor, x:torch.Tensor) -> torch.Tensor:
+        "D(x, sigma): the clean sample the network's output implies at noise level sigma, whatever it predicts (diffusers' arithmetic)."
+        p = self.schedule.prediction_type
+        if p == 'epsilon': return x - sigma * model_output                                        # x = x0 + sigma eps
+        if p == 'v_prediction': return model_output * (-sigma / (sigma ** 2 + 1) ** 0.5) + x / (sigma ** 2 + 1)   # x0 = a z - s v
+        return model_output                                                                          # 'sample': x0 itself
 
     def scale_model_input(self, x:torch.Tensor, t) -> torch.Tensor:
         "The UNet's input at this step: x / sqrt(sigma² + 1), which is the z_t it was trained on."
@@ -118,7 +154,7 @@ class SigmaSampler(Sampler):
         if i == self._begin: self._reset()
         return i
 
-    def step(self, eps:torch.Tensor, # the model's noise prediction at (scale_model_input(x, t), t)
+    def step(self, model_output:torch.Tensor, # the network's output at (scale_model_input(x, t), t), as `schedule.prediction_type` says
              t, # the current timestep: the next entry of `timesteps` (or of what `start` returned)
              x:torch.Tensor, # the current sample, on the sigma scale (x = z_t / sqrt(abar_t))
              generator:torch.Generator|None=None, # for the fresh noise of ancestral samplers
@@ -127,39 +163,40 @@ class SigmaSampler(Sampler):
             ):
         "One step of the solver; the sampler counts the steps, so call it once per timestep, in order."
         i = self._advance(t)
-        x_prev, x0 = self._step(eps, i, x, generator, variance_noise)
+        x_prev, x0 = self._step(model_output, i, x, generator, variance_noise)
         self.step_index = i + 1
         return (x_prev, x0) if return_x0 else x_prev
 
 # %% ../nbs/05a_samplers.ipynb #b36391d7
 class EulerSampler(SigmaSampler):
     "Euler's method on the probability-flow ODE dx/dsigma = (x - D(x, sigma)) / sigma (Karras et al. 2022, Algorithm 1 without churn)."
-    def _step(self, eps, i, x, generator, variance_noise):
+    def _step(self, out, i, x, generator, variance_noise):
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         xf = x.float()
-        x0 = xf - sigma * eps                          # D(x, sigma): the denoised estimate
+        x0 = self._denoise(out, sigma, xf)             # D(x, sigma): the denoised estimate
         d = (xf - x0) / sigma                          # dx/dsigma
-        return (xf + d * (sigma_next - sigma)).to(eps.dtype), x0
+        return (xf + d * (sigma_next - sigma)).to(out.dtype), x0
 
 # %% ../nbs/05a_samplers.ipynb #a41e6470
 class EulerAncestralSampler(SigmaSampler):
     "Euler a: an Euler step down to sigma_down, then fresh noise back up to sigma_next (ancestral sampling, eta = 1)."
-    def _step(self, eps, i, x, generator, variance_noise):
+    def _step(self, out, i, x, generator, variance_noise):
         sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
         xf = x.float()
-        x0 = xf - sigma * eps
+        x0 = self._denoise(out, sigma, xf)
         sigma_up = (sigma_next ** 2 * (sigma ** 2 - sigma_next ** 2) / sigma ** 2) ** 0.5   # the noise to add back
         sigma_down = (sigma_next ** 2 - sigma_up ** 2) ** 0.5                              # where the deterministic step goes
         x_prev = xf + (xf - x0) / sigma * (sigma_down - sigma)
-        x_prev = x_prev + self._noise(eps, generator, variance_noise) * sigma_up          # drawn on every step, the last included
-        return x_prev.to(eps.dtype), x0
+        x_prev = x_prev + self._noise(out, generator, variance_noise) * sigma_up          # drawn on every step, the last included
+        return x_prev.to(out.dtype), x0
 
 # %% ../nbs/05a_samplers.ipynb #52ac0d5f
 class HeunSampler(SigmaSampler):
     "Heun's method (2nd order): an Euler step, then the slope re-measured at its end and the step redone with the mean slope."
     order = 2
-    def __init__(self, schedule:NoiseSchedule, num_inference_steps:int=50, karras:bool=False):
-        super().__init__(schedule, num_inference_steps, karras)
+    def __init__(self, schedule:NoiseSchedule, num_inference_steps:int=50, karras:bool=False,
+                 timestep_spacing:str='linspace', steps_offset:int=0):
+        super().__init__(schedule, num_inference_steps, karras, timestep_spacing, steps_offset)
         s, ts = self.sigmas, self.timesteps
         self.sigmas = torch.cat([s[:1], s[1:-1].repeat_interleave(2), s[-1:]])   # s0, s1, s1, ..., s_{n-1}, s_{n-1}, 0
         self.timesteps = torch.cat([ts[:1], ts[1:].repeat_interleave(2)])        # t0, t1, t1, ...: two UNet calls per step
@@ -167,17 +204,17 @@ class HeunSampler(SigmaSampler):
 
     def _reset(self): self._first = None      # (slope, sigma step, x) of a pending first-order half
 
-    def _step(self, eps, i, x, generator, variance_noise):
+    def _step(self, out, i, x, generator, variance_noise):
         if self._first is None:               # the Euler half: from sigmas[i] to sigmas[i + 1]
             sigma, sigma_next = self.sigmas[i], self.sigmas[i + 1]
-            x0 = x - sigma * eps
+            x0 = self._denoise(out, sigma, x)
             d = (x - x0) / sigma
             dt = sigma_next - sigma
             self._first = (d, dt, x)
             return x + d * dt, x0
         d1, dt, x_start = self._first         # the correction: the slope at the Euler point, averaged with the first
         sigma_next = self.sigmas[i]
-        x0 = x - sigma_next * eps
+        x0 = self._denoise(out, sigma_next, x)
         d = ((x - x0) / sigma_next + d1) / 2
         self._first = None
         return x_start + d * dt, x0
@@ -187,8 +224,15 @@ class DPMSolverPP2MSampler(SigmaSampler):
     "DPM-Solver++ 2M (Lu et al. 2022): exact in the linear part, the denoised estimate extrapolated from the last two steps."
     integer_timesteps = True
     def _spaced_timesteps(self, T:int, n:int) -> np.ndarray:
-        "diffusers' 'linspace' spacing of DPM-Solver: n + 1 points from T-1 to 0, rounded, the last (t = 0) dropped."
-        return np.linspace(0, T - 1, n + 1).round()[::-1][:-1].copy()
+        "diffusers' spacing of DPM-Solver, integers: 'linspace' and 'leading' space n + 1 points and drop the last (t = 0); 'trailing' as the Euler family."
+        if self.timestep_spacing == 'linspace': ts = np.linspace(0, T - 1, n + 1).round()[::-1][:-1].astype(np.int64)
+        elif self.timestep_spacing == 'leading': ts = (np.arange(0, n + 1) * (T // (n + 1))).round()[::-1][:-1].astype(np.int64) + self.steps_offset
+        else: ts = np.arange(T, 0, -T / n).round().astype(np.int64) - 1
+        return ts.astype(np.float64)
+
+    def _karras_range(self, sig:np.ndarray) -> tuple:
+        "DPM-Solver's Karras levels span the whole schedule, whatever the spacing (as diffusers)."
+        return self.train_sigmas[0].item(), self.train_sigmas[-1].item()
 
     @property
     def init_noise_sigma(self) -> float: return 1.0       # works on z_t itself (the variance-preserving scale), like DDIM
@@ -206,13 +250,20 @@ class DPMSolverPP2MSampler(SigmaSampler):
         alpha = 1 / (sigma ** 2 + 1) ** 0.5
         return alpha, sigma * alpha
 
-    def _step(self, eps, i, z, generator, variance_noise):
+    def _x0(self, out, a, s, z):
+        "The data prediction from the network's output at z = a x0 + s noise, whatever it predicts (diffusers' arithmetic)."
+        p = self.schedule.prediction_type
+        if p == 'epsilon': return (z - s * out) / a
+        if p == 'v_prediction': return a * z - s * out
+        return out
+
+    def _step(self, out, i, z, generator, variance_noise):
         a_s, s_s = self._alpha_s(self.sigmas[i])
-        x0 = (z - s_s * eps) / a_s                                  # the data prediction (DPM-Solver++ integrates this)
+        x0 = self._x0(out, a_s, s_s, z)                             # the data prediction (DPM-Solver++ integrates this)
         last = i == len(self.timesteps) - 1
         if last and self.sigmas[i + 1] == 0:                        # the final step lands on sigma = 0: the answer is x0 itself
             self._prev = None
-            return x0.to(eps.dtype), x0
+            return x0.to(out.dtype), x0
         a_t, s_t = self._alpha_s(self.sigmas[i + 1])
         lam_s, lam_t = torch.log(a_s) - torch.log(s_s), torch.log(a_t) - torch.log(s_t)   # lambda = log(alpha / sigma_t) = -log sigma
         h = lam_t - lam_s
@@ -224,25 +275,77 @@ class DPMSolverPP2MSampler(SigmaSampler):
             D = x0 + (x0 - x0_prev) / (2 * r)                       # D0 + D1/2, D1 = (x0 - x0_prev) / r
         z_prev = (s_t / s_s) * zf - (a_t * (torch.exp(-h) - 1.0)) * D
         self._prev = (x0, lam_s)
-        return z_prev.to(eps.dtype), x0
+        return z_prev.to(out.dtype), x0
+
+# %% ../nbs/05a_samplers.ipynb #b8e70878
+def flow_shift(s, # noise level(s) s in [0, 1] (number, array or tensor)
+               shift:float # 1: unchanged; > 1 moves the levels toward noise (SD3: 3)
+              ):
+    "diffusers' shift of flow-matching noise levels: `s -> shift s / (1 + (shift - 1) s)`, which keeps 0 and 1 fixed."
+    return shift * s / (1 + (shift - 1) * s)
+
+class FlowMatchEulerSampler(SigmaSampler):
+    "Euler on the flow-matching ODE dz/ds = v: `z' = z + (s' - s) v`, on `diffusers`' (shifted) levels (`FlowMatchEulerDiscreteScheduler`)."
+    def __init__(self, schedule:FlowSchedule, # the rectified-flow process the network was trained with (its `shift` spaces the levels)
+                 num_inference_steps:int=50 # denoising steps (one network call each)
+                ):
+        if isinstance(schedule, NoiseSchedule):
+            raise ValueError(f"'flow_euler' samples a flow-matching model (a FlowSchedule); this model's schedule is a NoiseSchedule "
+                             f"({schedule.prediction_type}): use 'ddim', 'euler', 'dpmpp_2m' or another of its samplers")
+        if not isinstance(schedule, FlowSchedule): raise TypeError(f"schedule must be a FlowSchedule, got {type(schedule).__name__}")
+        T, shift = schedule.num_train_timesteps, schedule.shift
+        _check_steps(num_inference_steps, T)
+        self.schedule, self.num_inference_steps, self.karras = schedule, num_inference_steps, False
+        ends = flow_shift(torch.tensor([float(T), 1.0]) / T, shift)          # the constructor's largest and smallest levels (float32)
+        ts = np.linspace(ends[0].item() * T, ends[1].item() * T, num_inference_steps)   # evenly spaced t between them
+        sig = torch.from_numpy(flow_shift(ts / T, shift)).float()           # shifted (the smallest, again: as diffusers)
+        self.timesteps = sig * T                                            # (n,) what the network sees: t = s T
+        self.sigmas = torch.cat([sig, torch.zeros(1)])                      # (n + 1,): the last step lands on s = 0, the data
+        self._begin, self.step_index = 0, None
+
+    def __repr__(self): return f"FlowMatchEulerSampler({self.num_inference_steps} steps, shift {self.schedule.shift:g})"
+    @property
+    def init_noise_sigma(self) -> float: return 1.0    # s = 1 is N(0, I) itself
+    def scale_model_input(self, z:torch.Tensor, t) -> torch.Tensor: return z
+    def noise_to_start(self, x0:torch.Tensor, # clean latents
+                       noise:torch.Tensor # N(0, I), same shape
+                      ) -> torch.Tensor:
+        "Image-to-image: the point at the start's level on the line from `x0` to `noise` (diffusers' `scale_noise`)."
+        s = self.sigmas[self._begin].to(x0)
+        return s * noise + (1.0 - s) * x0
+
+    def _step(self, v, i, z, generator, variance_noise):
+        s, s_next = self.sigmas[i], self.sigmas[i + 1]
+        zf = z.float()
+        x0 = zf - s * v                                  # where the velocity points: the clean-sample estimate
+        return (zf + (s_next - s) * v).to(v.dtype), x0
 
 # %% ../nbs/05a_samplers.ipynb #5a5f1564
+KARRAS_SAMPLERS = (EulerSampler, EulerAncestralSampler, HeunSampler, DPMSolverPP2MSampler)   # take karras=True
 SAMPLERS = {'ddim': DDIMSampler, 'ddpm': DDPMSampler, 'euler': EulerSampler, 'euler_a': EulerAncestralSampler,
-            'heun': HeunSampler, 'dpmpp_2m': DPMSolverPP2MSampler}
-SAMPLER_NAMES = tuple(SAMPLERS) + tuple(f'{k}_karras' for k, c in SAMPLERS.items() if issubclass(c, SigmaSampler))
+            'heun': HeunSampler, 'dpmpp_2m': DPMSolverPP2MSampler, 'flow_euler': FlowMatchEulerSampler}
+SAMPLER_NAMES = (tuple(k for k in SAMPLERS if k != 'flow_euler') + tuple(f'{k}_karras' for k, c in SAMPLERS.items() if c in KARRAS_SAMPLERS)
+                 + ('flow_euler',))   # the samplers of a NoiseSchedule, then the one of a FlowSchedule
 
-def make_sampler(name:str, # one of `SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'
-                 schedule:NoiseSchedule, # the forward process the UNet was trained with
+def make_sampler(name:str, # one of `SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'; 'flow_euler' for a FlowSchedule
+                 schedule:NoiseSchedule|FlowSchedule, # the forward process the UNet was trained with
                  steps:int, # denoising steps (Heun calls the UNet 2 * steps - 1 times)
-                 eta:float=0.0 # DDIM's noise; refused (unless 0) by every other sampler, which would ignore it
+                 eta:float=0.0, # DDIM's noise; refused (unless 0) by every other sampler, which would ignore it
+                 timestep_spacing:str|None=None, # 'leading', 'trailing' or 'linspace'; None: the sampler's own default (DDIM/DDPM 'leading', the sigma samplers 'linspace')
+                 steps_offset:int|None=None # added to 'leading' timesteps; None: the sampler's default (DDIM/DDPM 1, the sigma samplers 0)
                 ) -> Sampler:
     "A fresh sampler by name, as `StableDiffusion.generate(sampler=...)` and `sd_scratch generate --sampler` spell them."
     if name not in SAMPLER_NAMES:
         raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLER_NAMES)}")
-    if name == 'ddim': return DDIMSampler(schedule, steps, eta=eta)
+    spacing = {k: v for k, v in (('timestep_spacing', timestep_spacing), ('steps_offset', steps_offset)) if v is not None}
+    if name == 'ddim': return DDIMSampler(schedule, steps, eta=eta, **spacing)
     if eta != 0.0:
         raise ValueError(f"eta applies to the 'ddim' sampler only; {name!r} ignores it (DDPM and Euler a always add eta = 1 noise, "
                          "the others none): leave eta at 0")
-    if name == 'ddpm': return DDPMSampler(schedule, steps)
+    if name == 'ddpm': return DDPMSampler(schedule, steps, **spacing)
+    if name == 'flow_euler':
+        if spacing: raise ValueError(f"{' and '.join(spacing)} do not apply to 'flow_euler': it spaces its levels evenly in t and moves "
+                                     "them by the FlowSchedule's shift (leave them unset)")
+        return FlowMatchEulerSampler(schedule, steps)
     karras = name.endswith('_karras')
-    return SAMPLERS[name.removesuffix('_karras')](schedule, steps, karras=karras)
+    return SAMPLERS[name.removesuffix('_karras')](schedule, steps, karras=karras, **spacing)

@@ -30,7 +30,7 @@ def rescale_zero_terminal_snr(betas:torch.Tensor # (T,) betas of any schedule
     "Lin et al. 2024, Algorithm 1: shift and scale sqrt(abar) so the last timestep keeps no signal (abar_{T-1} = 0), the first unchanged."
     abar_sqrt = torch.cumprod(1 - betas, 0).sqrt()       # float32, as diffusers computes it
     first, last = abar_sqrt[0].clone(), abar_sqrt[-1].clone()
-    abar_sqrt = (abar_sqrt - last) * first / (first - last)
+    abar_sqrt = (abar_sqrt - last) * (first / (first - last))
     abar = abar_sqrt ** 2
     alphas = torch.cat([abar[:1], abar[1:] / abar[:-1]])
     return 1 - alphas
@@ -177,6 +177,9 @@ class Sampler:
                  timestep_spacing:str='leading', # 'leading' (SD 1.x), 'trailing' or 'linspace'
                  steps_offset:int=1 # added to 'leading' timesteps (SD 1.x: 1)
                 ):
+        if getattr(schedule, 'prediction_type', None) == 'flow_matching':
+            raise ValueError(f"{type(self).__name__} samples a NoiseSchedule; a FlowSchedule (flow matching) is sampled by "
+                             "05a's FlowMatchEulerSampler, sampler 'flow_euler'")
         if not isinstance(schedule, NoiseSchedule): raise TypeError(f"schedule must be a NoiseSchedule, got {type(schedule).__name__}")
         self.schedule, self.num_inference_steps = schedule, num_inference_steps
         self.timestep_spacing, self.steps_offset = timestep_spacing, steps_offset

@@ -533,6 +533,15 @@ def export_pipeline(trainer:Trainer, pipeline, out_dir) -> tuple:
     trainer.barrier()
     return out/'sd.safetensors', out/'diffusers'
 
+def _exports_objective(trainer:Trainer) -> bool:
+    "Whether 06a's diffusers folder records the schedule the run trained with (a v or flow model saved as 'epsilon' would sample wrong); if not, say so."
+    from sd_scratch.convert import ddim_scheduler_config
+    s = trainer.schedule
+    try: ok = {k: ddim_scheduler_config(s).get(k) for k in ('prediction_type', 'rescale_betas_zero_snr')} == {'prediction_type': s.prediction_type, 'rescale_betas_zero_snr': s.rescale_betas_zero_snr}
+    except (AttributeError, TypeError, ValueError): ok = False                 # e.g. a FlowSchedule: no betas for a DDIM config
+    if not ok and trainer.is_main: print(f"not written: sd.safetensors and diffusers/ (the SD and diffusers formats here cannot record objective={trainer.cfg.objective!r}); unet.safetensors records it")
+    return ok
+
 def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
               out_dir, # the run folder: log.jsonl, checkpoint.safetensors, run_config.json, samples/, the export
               resume:bool=False, # continue from out_dir/checkpoint.safetensors (it must exist)
@@ -566,7 +575,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         _fit_or_stop(trainer)                                          # Ctrl-C: the step finishes, a checkpoint, TrainingInterrupted
         if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
         else: trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
-        if (run.init_unet is not None or run.encoders == 'sd') and not run.lora and not run.stream and enc.pipeline is not None:
+        if (run.init_unet is not None or run.encoders == 'sd') and not run.lora and not run.stream and enc.pipeline is not None and _exports_objective(trainer):
             export_pipeline(trainer, enc.pipeline, out_dir)              # a fine-tune, or a UNet trained on a model file's encoders (07d): an SD single file and a diffusers folder too (a streamed full-size run, lesson 08, exports unet.safetensors only)
     finally: folder.release()
     return trainer

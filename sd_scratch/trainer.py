@@ -10,13 +10,15 @@ from pathlib import Path
 import torch, torch.nn as nn, torch.nn.functional as F
 from tqdm.auto import tqdm
 from .core import *
-from .schedulers import NoiseSchedule
+from .schedulers import NoiseSchedule, FlowSchedule
+from .objectives import *   # the loss, its weighting and the training times (lesson 05b)
+_all_ = ['min_snr_weight', 'diffusion_loss']   # `from sd_scratch.trainer import diffusion_loss` (and sd_scratch.train) keep working
 
 # %% auto #0
-__all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TrainConfig', 'min_snr_weight', 'diffusion_loss', 'lr_at', 'unwrap', 'EMA',
-           'LatentCache', 'build_latent_cache', 'step_generator', 'add_offset_noise', 'draw_noise', 'draw_batch',
-           'make_optimizer', 'train_step', 'validation_loss', 'Trainer', 'read_log', 'plot_loss_curve', 'LiveLossPlot',
-           'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache']
+__all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TrainConfig', 'lr_at', 'unwrap', 'EMA', 'LatentCache', 'build_latent_cache',
+           'step_generator', 'add_offset_noise', 'draw_noise', 'draw_batch', 'make_optimizer', 'train_step',
+           'validation_loss', 'Trainer', 'read_log', 'plot_loss_curve', 'LiveLossPlot', 'TinyConvConfig',
+           'TinyNoisePredictor', 'random_latent_cache', 'min_snr_weight', 'diffusion_loss']
 
 # %% ../nbs/07_training.ipynb #bd6c1655
 @dataclass
@@ -27,6 +29,11 @@ class TrainConfig:
     beta_schedule:str = 'scaled_linear'  # as `NoiseSchedule`
     beta_start:float = 0.00085
     beta_end:float = 0.012
+    objective:str = 'epsilon'        # what the network predicts: 'epsilon' (SD 1.x), 'v_prediction', 'sample' (x0) or 'flow_matching' (05b; no betas)
+    rescale_betas_zero_snr:bool = False  # zero terminal SNR (Lin et al. 2024): the last timestep pure noise (v_prediction and sample only)
+    time_sampling:str = 'uniform'    # flow_matching: draw s = t/T 'uniform' or 'logit_normal' (SD3); the others: 'uniform' integers
+    logit_mean:float = 0.0           # 'logit_normal': s = sigmoid(logit_mean + logit_std * N(0, 1)) (SD3: 0 and 1)
+    logit_std:float = 1.0
     # optimisation
     steps:int = 1000                 # optimizer steps in the whole run
     batch_size:int = 32              # images per optimizer step, over all micro-batches (and all processes)
@@ -38,7 +45,7 @@ class TrainConfig:
     adam_betas:tuple = (0.9, 0.999)  # AdamW betas
     adam_eps:float = 1e-8            # AdamW epsilon
     grad_clip:float = 1.0            # clip the gradient's global norm to this; 0 disables
-    min_snr_gamma:float = 5.0        # Min-SNR-gamma loss weighting; 0 disables (plain MSE)
+    min_snr_gamma:float = 5.0        # Min-SNR-gamma loss weighting, for every objective (05b); 0 disables (plain MSE: SD3's flow matching)
     cfg_dropout:float = 0.1          # probability that a caption is replaced by the empty prompt
     offset_noise:float = 0.0         # std of a per-image, per-channel constant added to the noise (`add_offset_noise`); 0: off
     ema_decay:float = 0.999          # EMA decay (with warm-up: min(decay, (1+step)/(10+step)))
@@ -78,12 +85,12 @@ class TrainConfig:
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{k} must be an int >= 0, got {v!r}")
         def number(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
         for k in ('lr', 'min_lr_ratio', 'weight_decay', 'adam_eps', 'grad_clip', 'min_snr_gamma', 'cfg_dropout', 'offset_noise',
-                  'ema_decay', 'beta_start', 'beta_end', 'sample_guidance'):
+                  'ema_decay', 'beta_start', 'beta_end', 'sample_guidance', 'logit_mean', 'logit_std'):
             v = getattr(self, k)
             need(number(v), f"{k} must be a finite number, got {v!r}" + (" (a string: write the number without quotes)" if isinstance(v, str) else ''))
         need(all(number(b) for b in self.adam_betas), f"adam_betas must be two numbers, got {self.adam_betas!r}")
         need(all(isinstance(p, str) for p in self.sample_prompts), f"sample_prompts must be strings, got {self.sample_prompts!r}")
-        for k in ('beta_schedule', 'mixed_precision', 'device'):
+        for k in ('beta_schedule', 'mixed_precision', 'device', 'objective', 'time_sampling'):
             need(isinstance(getattr(self, k), str), f"{k} must be a string, got {getattr(self, k)!r}")
         if self.device != 'auto':
             try: torch.device(self.device)
@@ -91,6 +98,7 @@ class TrainConfig:
         need(isinstance(self.gradient_checkpointing, bool), f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
         need(isinstance(self.channels_last, bool), f"channels_last must be true or false, got {self.channels_last!r}")
         need(isinstance(self.compile, bool), f"compile must be true or false, got {self.compile!r}")
+        need(isinstance(self.rescale_betas_zero_snr, bool), f"rescale_betas_zero_snr must be true or false, got {self.rescale_betas_zero_snr!r}")
         need(self.batch_size % self.grad_accum_steps == 0,
              f"batch_size={self.batch_size} is not divisible by grad_accum_steps={self.grad_accum_steps}; "
              f"each micro-batch must have the same size (e.g. batch_size={self.batch_size // self.grad_accum_steps * self.grad_accum_steps or self.grad_accum_steps})")
@@ -103,7 +111,15 @@ class TrainConfig:
              "grad_clip, min_snr_gamma and weight_decay must be >= 0")
         need(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), f"adam_betas must be two numbers in [0, 1), got {self.adam_betas}")
         need(self.mixed_precision in ('no', 'bf16', 'auto'), f"mixed_precision must be 'no', 'bf16' or 'auto', got {self.mixed_precision!r}")
-        NoiseSchedule(self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule)   # raises on a bad schedule
+        need(self.time_sampling == 'uniform' or (self.time_sampling == 'logit_normal' and self.objective == 'flow_matching'),
+             f"time_sampling must be 'uniform', or 'logit_normal' with objective='flow_matching', got {self.time_sampling!r} (objective={self.objective!r})")
+        need(self.logit_std > 0, f"logit_std must be > 0, got {self.logit_std}")
+        try: self.noise_schedule()                                    # raises on a bad schedule or objective
+        except ValueError as e: need(False, str(e))
+
+    def noise_schedule(self):
+        "The forward process this run trains with (`make_schedule`, 05b): a `NoiseSchedule` recording the objective, or a `FlowSchedule`."
+        return make_schedule(self.objective, self.num_train_timesteps, self.beta_start, self.beta_end, self.beta_schedule, self.rescale_betas_zero_snr)
 
     @property
     def micro_batch_size(self) -> int: return self.batch_size // self.grad_accum_steps
@@ -130,32 +146,6 @@ class TrainConfig:
                  ) -> TrainConfig:
         "A config from a JSON file (see `from_dict`)."
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-# %% ../nbs/07_training.ipynb #bf1dccfa
-def min_snr_weight(snr:torch.Tensor, # signal-to-noise ratio of each sample's timestep, (B,)
-                   gamma:float=5.0 # the cap; 0 turns weighting off (all ones)
-                  ) -> torch.Tensor:
-    "Min-SNR-gamma loss weights for eps prediction: `min(snr, gamma) / snr` (Hang et al. 2023)."
-    if gamma == 0: return torch.ones_like(snr)
-    return torch.clamp(snr, max=gamma) / snr
-
-# %% ../nbs/07_training.ipynb #6c0571eb
-def diffusion_loss(model:nn.Module, # the noise predictor, called as `model(z_t, t, context)`
-                   schedule:NoiseSchedule, # the forward process
-                   z0:torch.Tensor, # clean (scaled) latents (B, C, h, w)
-                   t:torch.Tensor, # timesteps (B,), int
-                   noise:torch.Tensor, # Gaussian noise, like z0
-                   context:torch.Tensor, # text contexts (B, L, D)
-                   min_snr_gamma:float=5.0, # Min-SNR-gamma weighting; 0: plain MSE
-                   autocast_dtype:torch.dtype|None=None # torch.bfloat16 to run the model under autocast
-                  ) -> torch.Tensor:
-    "The (weighted) noise-prediction loss, a scalar: mean over the batch of `w(t) * mean((eps_hat - eps)**2)`."
-    z_t = schedule.add_noise(z0, noise, t)
-    with torch.autocast(z0.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        eps = model(z_t, t, context)
-    per_sample = ((eps.float() - noise.float()) ** 2).mean(dim=tuple(range(1, noise.ndim)))   # (B, C, h, w) -> (B,)
-    w = min_snr_weight(schedule.snr(t.cpu()).to(per_sample.device), min_snr_gamma)
-    return (w * per_sample).mean()
 
 # %% ../nbs/07_training.ipynb #af556ea2
 def lr_at(step:int, # optimizer step, 0-based
@@ -300,13 +290,13 @@ def add_offset_noise(noise:torch.Tensor, # (B, C, H, W) Gaussian noise
     if not strength: return noise
     return noise + strength * torch.randn((*noise.shape[:2], 1, 1), generator=generator)
 
-def draw_noise(cfg:TrainConfig, # num_train_timesteps, cfg_dropout, offset_noise
+def draw_noise(cfg:TrainConfig, # the objective and its time sampling, cfg_dropout, offset_noise
                n:int, # samples
                latent_shape:tuple, # (C, h, w)
                generator:torch.Generator # e.g. `step_generator(seed, step, micro)`
               ) -> tuple:
     "The random part of `n` training samples: timesteps (n,), noise (n, C, h, w) and which captions CFG dropout drops (n,)."
-    t = torch.randint(cfg.num_train_timesteps, (n,), generator=generator)
+    t = sample_timesteps(cfg.noise_schedule(), n, generator, cfg.time_sampling, cfg.logit_mean, cfg.logit_std)   # eps: randint(T) as always
     noise = torch.randn((n, *latent_shape), generator=generator)
     drop = torch.rand(n, generator=generator) < cfg.cfg_dropout
     return t, add_offset_noise(noise, cfg.offset_noise, generator), drop   # offset drawn last: 0 leaves the other draws as they were
@@ -378,14 +368,15 @@ def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in t
 @torch.no_grad()
 def validation_loss(model:nn.Module, # the noise predictor (or its DDP wrapper)
                     val:LatentCache, # held-out latents, never trained on
-                    schedule:NoiseSchedule, # the forward process
+                    schedule, # the forward process (`TrainConfig.noise_schedule`)
                     cfg:TrainConfig, # val_timesteps, min_snr_gamma, mixed_precision
                     batch_size:int=64 # (latent, timestep) pairs per forward pass
                    ) -> float:
     "The mean loss over every held-out latent at `cfg.val_timesteps` fixed timesteps with fixed noise: the same inputs at every call."
     m = unwrap(model); was_training = m.training; m.eval()
     device, K, T = next(m.parameters()).device, cfg.val_timesteps, cfg.num_train_timesteps
-    ts = ((torch.arange(K) + 0.5) * T / K).long()                 # K evenly spaced timesteps, e.g. 50, 150, ..., 950 for K = 10
+    ts = (torch.arange(K) + 0.5) * T / K                          # K evenly spaced timesteps, e.g. 50, 150, ..., 950 for K = 10
+    if not isinstance(schedule, FlowSchedule): ts = ts.long()      # flow matching: the same points as fractions of T
     pairs = [(i, k) for i in range(len(val)) for k in range(K)]   # every latent at every timestep
     dtype = cfg.autocast_dtype(device)
     total = 0.0
@@ -437,7 +428,7 @@ class Trainer:
             if not hasattr(unwrap(model), 'enable_gradient_checkpointing'):
                 raise ValueError(f"gradient_checkpointing=True, but {type(unwrap(model)).__name__} has no enable_gradient_checkpointing()")
             unwrap(model).enable_gradient_checkpointing()
-        self.schedule = NoiseSchedule(cfg.num_train_timesteps, cfg.beta_start, cfg.beta_end, cfg.beta_schedule)
+        self.schedule = cfg.noise_schedule()                          # recorded by `export`: sampling uses what training used
         self.ema = EMA(self.model, cfg.ema_decay)
         self.optimizer = make_optimizer(self.model, cfg)
         self.step, self.history = 0, []
@@ -519,10 +510,14 @@ class Trainer:
         sd.unet, sd.schedule = (self.ema_model() if use_ema else unwrap(self.model).eval()), self.schedule
         _, h, w = self.data.latent_shape; f = sd.vae.cfg.downsample_factor
         try:
-            x = sd.generate(list(prompts or self.cfg.sample_prompts), steps=self.cfg.sample_steps,
+            x = sd.generate(list(prompts or self.cfg.sample_prompts), steps=self.cfg.sample_steps, sampler=self.sampler_name(),
                             guidance_scale=self.cfg.sample_guidance, seed=seed, height=h * f, width=w * f, output_type='pt')
         finally: unwrap(self.model).train()
         return x.float().cpu() * 2 - 1                                # [0, 1] -> [-1, 1]
+
+    def sampler_name(self) -> str:
+        "The sampler of the sample grids: DDIM for eps, v and x0 (it steps with `schedule.split`), 05a's `flow_euler` for flow matching."
+        return 'flow_euler' if isinstance(self.schedule, FlowSchedule) else 'ddim'
 
     def save_samples(self):
         "Save a grid of EMA samples of the sample prompts to `samples/step_XXXXXX.png` (first process only)."
@@ -606,8 +601,7 @@ class Trainer:
         self.barrier()
         if self.is_main:
             state = self.ema.state_dict() if use_ema else m.state_dict()
-            schedule = dict(num_train_timesteps=c.num_train_timesteps, beta_start=c.beta_start, beta_end=c.beta_end,
-                            beta_schedule=c.beta_schedule)
+            schedule = schedule_config(self.schedule)                # the objective too: `schedule_from_config` rebuilds it
             save_weights(path, {k: v.float() for k, v in state.items()}, type(m).__name__, config_dict(m.cfg) if dataclasses.is_dataclass(getattr(m, 'cfg', None)) else {},
                          extra=dict(schedule=schedule, step=self.step, ema=use_ema, train_config=c.to_dict()))
         self.barrier()
