@@ -74,20 +74,16 @@ def main(argv=None):
     ratio = train_s / ref_s
     print(f"sd_scratch train --config {a.config}: {train_s:.1f} s wall from a cold start = {ratio:.0f}x the reference", flush=True)
     steps = result.get('step') or 0
-    # On a shared machine both clocks run slow, and not alike. The quickest logged steps and the quickest reference pass are the
-    # nearest to a quiet machine: this estimate swaps every step's time for the 10th percentile of the logged ones.
-    p10 = sorted(step_s)[len(step_s) // 10] if step_s else None
-    quiet = (train_s - statistics.median(step_s) * steps + p10 * steps) / min(ref) if step_s else None
-    if step_s: print(f"steps: median {statistics.median(step_s):.3f} s, 10th percentile {p10:.3f} s (of {len(step_s)} logged); "
-                     f"quiet-machine estimate {quiet:.0f}x (10th-percentile steps over the quickest reference pass)", flush=True)
+    if step_s: print(f"logged steps: median {statistics.median(step_s):.3f} s, 10th percentile {sorted(step_s)[len(step_s) // 10]:.3f} s "
+                     f"(of {len(step_s)}; a gap between them means other jobs were running)", flush=True)
     cpu_ratio = train_cpu / statistics.median(ref_cpu)
     print(f"CPU seconds (all threads): training {train_cpu:.0f}, reference {statistics.median(ref_cpu):.3f}: {cpu_ratio:.0f}x", flush=True)
     import torch
     rec = dict(config=a.config, threads=a.threads, reference_s=round(ref_s, 4), reference_runs_s=[round(x, 4) for x in ref],
                train_wall_s=round(train_s, 1), ratio=round(ratio, 1), steps=steps,
-               step_s_median=round(statistics.median(step_s), 4) if step_s else None, step_s_p10=round(p10, 4) if step_s else None,
+               step_s_median=round(statistics.median(step_s), 4) if step_s else None,
+               step_s_p10=round(sorted(step_s)[len(step_s) // 10], 4) if step_s else None,
                train_cpu_s=round(train_cpu, 1), reference_cpu_s=round(statistics.median(ref_cpu), 4), cpu_ratio=round(cpu_ratio, 1),
-               quiet_ratio_estimate=round(quiet, 1) if step_s else None,
                load_before_reference=load0, load_before_train=load1, load_after=load(),
                when=datetime.now(timezone.utc).strftime('%Y-%m-%d %H:%M UTC'), machine=platform.processor() or platform.machine(),
                cpus=os.cpu_count(), torch=torch.__version__, note=a.note)
