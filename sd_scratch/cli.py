@@ -27,6 +27,7 @@ def check_generate_args(a:argparse.Namespace):
         raise ValueError(f"--karras applies to --sampler euler, euler_a, heun and dpmpp_2m, not {a.sampler} (its timesteps are fixed)")
     if a.eta != 0 and a.sampler != 'ddim':
         raise ValueError(f"--eta applies to --sampler ddim only; {a.sampler} would ignore it (leave --eta at 0)")
+    _check_sampling_args(a)
     if not 0 <= a.seed < 2**63 - 2**20: raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1 (minus the batch), got {a.seed}")
     if getattr(a, 'lora', None) is not None: lora_arg(a.lora)                    # raises with what is wrong
     if a.prompt is None and a.batch is None: raise ValueError("give --prompt TEXT or --batch prompts.txt")
@@ -42,6 +43,20 @@ def check_generate_args(a:argparse.Namespace):
     if out.exists() and not out.is_dir(): raise ValueError(f"--out: {out} exists and is not a folder")
     probe = out if out.exists() else next((q for q in out.parents if q.exists()), Path('.'))
     if not os.access(probe, os.W_OK | os.X_OK): raise ValueError(f"--out: cannot write into {probe} (permission denied)")
+
+def _check_sampling_args(a:argparse.Namespace):
+    "--guidance-rescale, --spacing and --steps-offset: each refused where it cannot apply (--prediction-type: when the model is loaded)."
+    rescale, spacing, offset = getattr(a, 'guidance_rescale', 0.0), getattr(a, 'spacing', None), getattr(a, 'steps_offset', None)
+    if not math.isfinite(rescale) or not 0 <= rescale <= 1:
+        raise ValueError(f"--guidance-rescale must lie in [0, 1] (0: off; Lin et al. 2024 use 0.7), got {rescale}")
+    if rescale > 0 and a.guidance <= 1:
+        raise ValueError(f"--guidance-rescale rescales the guided prediction, but guidance is off (--guidance {a.guidance:g} <= 1): "
+                         "raise --guidance or leave --guidance-rescale out")
+    if a.sampler.startswith('flow_euler') and (spacing is not None or offset is not None):
+        raise ValueError("--spacing and --steps-offset do not apply to --sampler flow_euler: its levels follow the flow model's shift")
+    if offset is not None and offset < 0: raise ValueError(f"--steps-offset must be an integer >= 0, got {offset}")
+    if offset is not None and spacing not in (None, 'leading'):
+        raise ValueError(f"--steps-offset shifts 'leading' timesteps only; --spacing {spacing} would ignore it (leave it out)")
 
 def lora_arg(value:str # FILE or FILE:SCALE, as given to --lora
             ) -> tuple[Path, float]:
@@ -104,6 +119,15 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
     p.add_argument('--karras', action='store_true', help='Karras noise levels (rho = 7) for euler, euler_a, heun or dpmpp_2m: '
                    '--sampler dpmpp_2m --karras is --sampler dpmpp_2m_karras')
     p.add_argument('--eta', type=float, default=0.0, help='DDIM eta (0: deterministic); --sampler ddim only')
+    p.add_argument('--guidance-rescale', dest='guidance_rescale', type=float, default=0.0, help='Lin et al. 2024: pull the guided '
+                   "prediction's std back toward the conditional one's, in [0, 1] (0: off; 0.7 in the paper); needs --guidance > 1")
+    p.add_argument('--spacing', choices=('leading', 'trailing', 'linspace'), default=None, help="how the timesteps are spaced: "
+                   "'leading' (SD 1.x's DDIM), 'trailing' (zero-SNR models), 'linspace'; default: the checkpoint's, else the sampler's own")
+    p.add_argument('--steps-offset', dest='steps_offset', type=int, default=None, help="added to 'leading' timesteps (SD 1.x: 1); "
+                   "default: the checkpoint's, else the sampler's own")
+    p.add_argument('--prediction-type', dest='prediction_type', choices=('epsilon', 'v_prediction', 'sample', 'flow_matching'),
+                   default=None, help='what the UNet predicts, for single files that do not record it (SD 2.x 768-v: v_prediction); '
+                   'refused where the checkpoint says otherwise')
     p.add_argument('--height', type=int, default=None, help='image height, a multiple of 8 (default: the model\'s)')
     p.add_argument('--width', type=int, default=None, help='image width, a multiple of 8 (default: the model\'s)')
     p.add_argument('--out', default='outputs', help='folder for the PNGs; images already there are never replaced: numbering '
@@ -117,20 +141,21 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
     return p
 
 # %% ../nbs/09_cli.ipynb #476ac608
-def load_model(checkpoint:str|None=None # single file, diffusers folder, or None for the shipped toy model
+def load_model(checkpoint:str|None=None, # single file, diffusers folder, or None for the shipped toy model
+               prediction_type:str|None=None # what the UNet predicts (single files without our config); must agree with what others say
               ):
     "A `StableDiffusion` from a local checkpoint, or the shipped toy model; a clear error when neither can be had."
     try:
         from sd_scratch.pipeline import StableDiffusion
     except ImportError as e:
         raise SystemExit(f"sd_scratch generate needs the pipeline module, which this install lacks ({e}).")
+    from sd_scratch.convert import load_pipeline
     if checkpoint is None:
-        try: return StableDiffusion.from_pretrained('toy')
+        try: return load_pipeline('toy', prediction_type=prediction_type) if prediction_type else StableDiffusion.from_pretrained('toy')
         except (FileNotFoundError, AttributeError) as e:
             raise SystemExit("No --checkpoint given and no shipped toy model could be loaded "
                              f"({e}). Pass --checkpoint PATH to an SD 1.x .safetensors/.ckpt file or a diffusers folder.")
-    from sd_scratch.convert import load_pipeline
-    return load_pipeline(checkpoint)
+    return load_pipeline(checkpoint, prediction_type=prediction_type)
 
 # %% ../nbs/09_cli.ipynb #0d03bd17
 def _read_prompts(path) -> list[str]:
@@ -157,7 +182,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
     check_generate_args(a)
     prompts = [a.prompt] if a.batch is None else _read_prompts(a.batch)
     init = None if a.init_image is None else _open_image(a.init_image)
-    sd = load_model(a.checkpoint)
+    sd = load_model(a.checkpoint, getattr(a, 'prediction_type', None))
     if a.lora is not None:
         import sd_scratch.lora                                       # lesson 07b gives the pipeline `load_lora`
         sd.load_lora(*lora_arg(a.lora))
@@ -165,7 +190,8 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
     paths = []
     for i, prompt in enumerate(prompts):
         kw = dict(negative_prompt=a.negative, steps=a.steps, guidance_scale=a.guidance, sampler=sampler_name(a), eta=a.eta,
-                  seed=a.seed + i, init_image=init, strength=a.strength)
+                  seed=a.seed + i, init_image=init, strength=a.strength, guidance_rescale=a.guidance_rescale,
+                  timestep_spacing=a.spacing, steps_offset=a.steps_offset)
         if a.height: kw['height'] = a.height
         if a.width: kw['width'] = a.width
         img = sd.generate(prompt, **kw)[0]

@@ -14,7 +14,8 @@ from .core import load_state_strict
 from .clip import CLIPTokenizer, CLIPTextConfig, CLIPTextEncoder, clip_from_transformers
 from .vae import VAEConfig, AutoencoderKL, vae_from_diffusers, vae_config_from_diffusers
 from .unet import UNetConfig, UNet2DCondition, unet_from_diffusers, unet_config_from_diffusers
-from .schedulers import NoiseSchedule
+from .schedulers import NoiseSchedule, FlowSchedule, PREDICTION_TYPES, TIMESTEP_SPACINGS
+from .pipeline import schedule_from_facts, schedule_facts, check_sampling_defaults, SAMPLING_KEYS
 
 _all_ = ['clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers']   # re-exported: the DESIGN contract
 
@@ -22,20 +23,23 @@ _all_ = ['clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers'] 
 __all__ = ['SDConfig', 'clip_key_to_ldm', 'vae_key_to_ldm', 'ldm_shape', 'vae_weight_to_ldm', 'unet_key_to_ldm', 'no_init',
            'build_nets', 'key_map_of', 'ldm_key_map', 'ema_key', 'ldm_schedule_buffers', 'CheckpointError',
            'LightningPlaceholder', 'read_checkpoint', 'nets_from_ldm', 'load_single_file', 'sd_config_of',
-           'ldm_state_of', 'save_single_file', 'load_diffusers_folder', 'load_pipeline', 'vae_key_to_diffusers',
-           'clip_key_to_transformers', 'unet_config_to_diffusers', 'vae_config_to_diffusers',
-           'clip_config_to_transformers', 'ddim_scheduler_config', 'tokenizer_files', 'diffusers_folder_files',
-           'save_diffusers_folder', 'clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers']
+           'ldm_state_of', 'save_single_file', 'schedule_from_scheduler_config', 'load_diffusers_folder',
+           'load_pipeline', 'vae_key_to_diffusers', 'clip_key_to_transformers', 'unet_config_to_diffusers',
+           'vae_config_to_diffusers', 'clip_config_to_transformers', 'ddim_scheduler_config', 'tokenizer_files',
+           'diffusers_folder_files', 'save_diffusers_folder', 'clip_from_transformers', 'vae_from_diffusers',
+           'unet_from_diffusers']
 
 # %% ../nbs/06a_convert.ipynb #4eac3c61
 @dataclass
 class SDConfig:
-    "The shapes of the three networks of a Stable Diffusion model, and its noise schedule; the defaults are SD 1.x."
+    "The shapes of the three networks of a Stable Diffusion model, its noise schedule and the sampling it asks for; the defaults are SD 1.x."
     text:CLIPTextConfig = field(default_factory=CLIPTextConfig) # CLIP text encoder
     vae:VAEConfig = field(default_factory=VAEConfig) # autoencoder
     unet:UNetConfig = field(default_factory=UNetConfig) # denoiser
     schedule:dict = field(default_factory=lambda: dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                                       beta_schedule='scaled_linear')) # `NoiseSchedule` arguments
+                                                       beta_schedule='scaled_linear')) # `NoiseSchedule` arguments (prediction_type, rescale_betas_zero_snr too), or a flow's: `schedule_from_facts`
+    timestep_spacing:str|None = None # the spacing the model asks its samplers for ('leading', 'trailing', 'linspace'); None: each sampler's own
+    steps_offset:int|None = None # added to 'leading' timesteps; None: each sampler's own
 
     def __post_init__(self):
         if isinstance(self.unet, dict) and 'gradient_checkpointing' in self.unet:   # files saved while it was a config field;
@@ -44,7 +48,17 @@ class SDConfig:
             v = getattr(self, name)
             if isinstance(v, dict): setattr(self, name, cls(**v))
             elif not isinstance(v, cls): raise TypeError(f"SDConfig.{name} must be a {cls.__name__} or a dict, got {type(v).__name__}")
-        NoiseSchedule(**self.schedule)   # fails at the door on a bad schedule
+        schedule_from_facts(self.schedule)   # fails at the door on a bad schedule
+        check_sampling_defaults(self.sampling)
+
+    @property
+    def prediction_type(self) -> str: return self.schedule.get('prediction_type', 'epsilon')   # what the UNet outputs (it lives in the schedule)
+    @property
+    def rescale_betas_zero_snr(self) -> bool: return bool(self.schedule.get('rescale_betas_zero_snr', False))
+    @property
+    def sampling(self) -> dict:
+        "The sampling defaults, as `StableDiffusion(sampling=...)` takes them."
+        return {k: v for k, v in (('timestep_spacing', self.timestep_spacing), ('steps_offset', self.steps_offset)) if v is not None}
 
     def to_json(self) -> str: return json.dumps(asdict(self))
     @classmethod
@@ -169,6 +183,7 @@ _HARMLESS_EXTRAS = ('logvar', 'model_ema.decay', 'model_ema.num_updates',
 
 def ldm_schedule_buffers(schedule:NoiseSchedule) -> dict:
     "The noise-schedule tensors the original `LatentDiffusion` keeps in its state dict (computed as it does, in float64)."
+    if not isinstance(schedule, NoiseSchedule): return {}    # a flow-matching model has none (SD3-style files neither)
     b = schedule.betas.double(); a = 1 - b; ac = torch.cumprod(a, 0); ac_prev = torch.cat([ac.new_ones(1), ac[:-1]])
     post_var = b * (1 - ac_prev) / (1 - ac)
     d = dict(betas=b, alphas_cumprod=ac, alphas_cumprod_prev=ac_prev, sqrt_alphas_cumprod=ac.sqrt(),
@@ -283,12 +298,16 @@ def nets_from_ldm(state:dict, # single-file tensors (key -> tensor)
                               + _fmt('missing keys', missing) + _fmt('unexpected keys', unexpected)
                               + _fmt('shape mismatches (file vs model)', shapes) + hint)
     if 'alphas_cumprod' in state:   # the file remembers the noise schedule it was trained with: it must be ours
-        stored = state['alphas_cumprod']
+        stored, schedule = state['alphas_cumprod'], schedule_from_facts(cfg.schedule)
+        if isinstance(schedule, FlowSchedule):
+            raise CheckpointError(f"{what} holds a DDPM noise schedule (alphas_cumprod), but the config says flow matching; pass the right config.schedule")
         theirs = stored.float()
-        ours = NoiseSchedule(**cfg.schedule).alphas_cumprod.to(stored.dtype).float()   # compared at the precision it was stored in
+        ours = schedule.alphas_cumprod.to(stored.dtype).float()   # compared at the precision it was stored in
         tol = torch.finfo(stored.dtype).eps if stored.is_floating_point() else 1e-6
         if theirs.shape != ours.shape or not torch.allclose(theirs, ours, rtol=2 * tol, atol=1e-6):
-            raise CheckpointError(f"{what} was trained with another noise schedule than {cfg.schedule}; pass it in config.schedule")
+            zero = (" (its last alphas_cumprod is 0: a zero-terminal-SNR schedule, rescale_betas_zero_snr=True with a v or x0 model)"
+                    if theirs[-1] < 1e-6 and not schedule.rescale_betas_zero_snr else '')
+            raise CheckpointError(f"{what} was trained with another noise schedule than {cfg.schedule}{zero}; pass it in config.schedule")
     parts = {comp: {} for comp in ('text', 'vae', 'unet')}
     for ldm, (comp, ours, _) in kmap.items():
         w = state[source[ldm]]
@@ -304,22 +323,35 @@ def _as_sdconfig(config) -> SDConfig|None:
 
 def load_single_file(path, # an original SD 1.x checkpoint: `.safetensors` or `.ckpt` (read with weights_only=True)
                      use_ema:bool=True, # full checkpoints: the UNet's EMA weights (`model_ema.*`) when present, else the live ones
-                     config:SDConfig|None=None # shapes; None: the config `save_single_file` stored in the file, else SD 1.x
+                     config:SDConfig|None=None, # shapes; None: the config `save_single_file` stored in the file, else SD 1.x
+                     prediction_type:str|None=None # what the UNet predicts, which an original file does not record: 'epsilon' (SD 1.x), 'v_prediction' (SD 2.x 768), 'sample', 'flow_matching'; None: the stored config's, else epsilon
                     ):
     "A `StableDiffusion` from one original-layout checkpoint file; anything that does not fit is an error, never a partial load."
     from sd_scratch.pipeline import StableDiffusion
     state, meta = read_checkpoint(path)
-    cfg = _as_sdconfig(config) or (SDConfig.from_json(meta['sd_scratch.config']) if 'sd_scratch.config' in meta else SDConfig())
+    stored = 'sd_scratch.config' in meta
+    cfg = _as_sdconfig(config) or (SDConfig.from_json(meta['sd_scratch.config']) if stored else SDConfig())
+    if prediction_type is not None: cfg = _with_prediction_type(cfg, prediction_type, path, said=stored if config is None else 'prediction_type' in cfg.schedule)
     nets = nets_from_ldm(state, cfg, use_ema=use_ema, what=str(path))
-    return StableDiffusion(CLIPTokenizer(), nets['text'], nets['vae'], nets['unet'], NoiseSchedule(**cfg.schedule))
+    return StableDiffusion(CLIPTokenizer(), nets['text'], nets['vae'], nets['unet'], schedule_from_facts(cfg.schedule), sampling=cfg.sampling)
+
+def _with_prediction_type(cfg:SDConfig, prediction_type:str, path, said:bool) -> SDConfig:
+    "`cfg` with the prediction type the user says; refused where the file (or the given config) already says another."
+    kinds = PREDICTION_TYPES + ('flow_matching',)
+    if prediction_type not in kinds: raise ValueError(f"prediction_type must be one of {kinds}, got {prediction_type!r}")
+    if said and cfg.prediction_type != prediction_type:
+        raise CheckpointError(f"{path} says its UNet predicts {cfg.prediction_type!r}; prediction_type={prediction_type!r} contradicts "
+                              "it: leave prediction_type out (it is for files that do not record it)")
+    s = cfg.schedule
+    schedule = (dict(prediction_type='flow_matching', num_train_timesteps=s.get('num_train_timesteps', 1000)) if prediction_type == 'flow_matching'
+                else {k: v for k, v in s.items() if k != 'shift'} | dict(prediction_type=prediction_type))
+    return SDConfig(cfg.text, cfg.vae, cfg.unet, schedule, cfg.timestep_spacing, cfg.steps_offset)
 
 # %% ../nbs/06a_convert.ipynb #e3ad13da
 def sd_config_of(sd) -> SDConfig:
-    "The `SDConfig` of a `StableDiffusion`: its networks' configs and its schedule's arguments."
-    s = sd.schedule
-    return SDConfig(text=sd.text_encoder.cfg, vae=sd.vae.cfg, unet=sd.unet.cfg,
-                    schedule=dict(num_train_timesteps=s.num_train_timesteps, beta_start=s.beta_start, beta_end=s.beta_end,
-                                  beta_schedule=s.beta_schedule))
+    "The `SDConfig` of a `StableDiffusion`: its networks' configs, its schedule's arguments and its sampling defaults."
+    return SDConfig(text=sd.text_encoder.cfg, vae=sd.vae.cfg, unet=sd.unet.cfg, schedule=schedule_facts(sd.schedule),
+                    timestep_spacing=sd.sampling.get('timestep_spacing'), steps_offset=sd.sampling.get('steps_offset'))
 
 def ldm_state_of(sd, # a `StableDiffusion`
                  dtype:torch.dtype|None=None # cast floating-point weights to this (e.g. torch.float16); None keeps them
@@ -358,6 +390,27 @@ def _read_json(p:Path) -> dict:
     if not p.exists(): raise FileNotFoundError(f"missing {p}")
     return json.loads(p.read_text())
 
+def schedule_from_scheduler_config(c:dict, # a diffusers `scheduler_config.json`, read
+                                   what='scheduler config' # how to name it in errors
+                                  ) -> tuple:
+    "(the `NoiseSchedule`, the sampling defaults) a diffusers scheduler config asks for; what our samplers cannot do is refused."
+    c = {k: v for k, v in c.items() if k not in c.get('_use_default_values', ())}   # keys diffusers filled in itself: as if absent
+    pt = c.get('prediction_type', 'epsilon')
+    if pt not in PREDICTION_TYPES:
+        raise CheckpointError(f"{what}: this model was trained to predict {pt!r}; sd_scratch's samplers take {', '.join(map(repr, PREDICTION_TYPES))}")
+    if c.get('thresholding'): raise CheckpointError(f"{what}: thresholding=true (dynamic thresholding of x0) is not implemented in sd_scratch's samplers")
+    if c.get('trained_betas') is not None: raise CheckpointError(f"{what}: explicit trained_betas are not supported; sd_scratch builds the betas from beta_schedule")
+    if c.get('timestep_spacing', 'leading') not in TIMESTEP_SPACINGS:
+        raise CheckpointError(f"{what}: timestep_spacing {c['timestep_spacing']!r} is not one of {TIMESTEP_SPACINGS}")
+    try:
+        schedule = NoiseSchedule(c.get('num_train_timesteps', 1000), c.get('beta_start', 0.00085), c.get('beta_end', 0.012),
+                                 c.get('beta_schedule', 'scaled_linear'), prediction_type=pt,
+                                 rescale_betas_zero_snr=bool(c.get('rescale_betas_zero_snr', False)))
+    except ValueError as e: raise CheckpointError(f"{what}: {e}") from None
+    sampling = dict(steps_offset=c.get('steps_offset', 0))   # diffusers' default, 0, where the file is silent
+    if c.get('timestep_spacing') is not None: sampling['timestep_spacing'] = c['timestep_spacing']   # silent: each sampler's own
+    return schedule, check_sampling_defaults(sampling)
+
 def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, text_encoder/ (scheduler/, tokenizer/ optional)
                          ):
     "A `StableDiffusion` from a local diffusers-format folder, reading each part's config.json and weights (no network)."
@@ -367,15 +420,8 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
     if not root.is_dir(): raise FileNotFoundError(f"diffusers folder not found: {root}")
     lacking = [d for d in ('unet', 'vae', 'text_encoder') if not (root/d/'config.json').exists()]
     if lacking: raise FileNotFoundError(f"{root} is not a diffusers folder: no config.json in {', '.join(d + '/' for d in lacking)}")
-    schedule = NoiseSchedule()
-    if (p := root/'scheduler'/'scheduler_config.json').exists():
-        c = _read_json(p)
-        if c.get('prediction_type', 'epsilon') != 'epsilon':
-            raise CheckpointError(f"{p}: this model was trained to predict {c['prediction_type']!r}"
-                                  f"{' (as SD 2.x 768-v models are)' if c['prediction_type'] == 'v_prediction' else ''}; "
-                                  "sd_scratch's samplers use noise ('epsilon') prediction, the SD 1.x kind, only")
-        schedule = NoiseSchedule(c.get('num_train_timesteps', 1000), c.get('beta_start', 0.00085), c.get('beta_end', 0.012),
-                                 c.get('beta_schedule', 'scaled_linear'))
+    schedule, sampling = NoiseSchedule(), {}
+    if (p := root/'scheduler'/'scheduler_config.json').exists(): schedule, sampling = schedule_from_scheduler_config(_read_json(p), p)
     st = lambda base: [f'{base}.safetensors', f'{base}.fp16.safetensors']
     unet_json = _read_json(root/'unet'/'config.json')
     unet_cfg = unet_config_from_diffusers(unet_json)
@@ -389,19 +435,24 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
     tokenizer = CLIPTokenizer(tok/'vocab.json', tok/'merges.txt') if (tok/'vocab.json').exists() and (tok/'merges.txt').exists() else CLIPTokenizer()
     size = unet_json.get('sample_size')                  # diffusers' default image side: the UNet's latent side times the VAE's factor
     size = size * vae.cfg.downsample_factor if isinstance(size, int) else 512
-    return StableDiffusion(tokenizer, text.eval(), vae.eval(), unet.eval(), schedule, default_size=size)
+    return StableDiffusion(tokenizer, text.eval(), vae.eval(), unet.eval(), schedule, default_size=size, sampling=sampling)
 
 # %% ../nbs/06a_convert.ipynb #a4edd48e
 def load_pipeline(checkpoint, # 'toy' (the shipped toy model), an SD 1.x single file (.safetensors / .ckpt), or a diffusers folder
-                  use_ema:bool=True # single files that hold both: the UNet's EMA weights
+                  use_ema:bool=True, # single files that hold both: the UNet's EMA weights
+                  prediction_type:str|None=None # single files without our config: what the UNet predicts; elsewhere it must agree with the checkpoint
                  ):
     "A `StableDiffusion` from any of the three, told apart by what the path is; a missing path is named."
     from sd_scratch.pipeline import StableDiffusion
-    if str(checkpoint) == 'toy': return StableDiffusion.from_pretrained('toy')
     p = Path(checkpoint)
-    if p.is_dir(): return load_diffusers_folder(p)
-    if p.is_file(): return load_single_file(p, use_ema=use_ema)
-    raise FileNotFoundError(f"checkpoint {str(p)!r} not found: give 'toy', an SD 1.x .safetensors/.ckpt file or a diffusers folder")
+    if str(checkpoint) != 'toy' and p.is_file(): return load_single_file(p, use_ema=use_ema, prediction_type=prediction_type)
+    if str(checkpoint) == 'toy': sd, says = StableDiffusion.from_pretrained('toy'), "the toy model's UNet file"
+    elif p.is_dir(): sd, says = load_diffusers_folder(p), f"{p}/scheduler/scheduler_config.json"
+    else: raise FileNotFoundError(f"checkpoint {str(p)!r} not found: give 'toy', an SD 1.x .safetensors/.ckpt file or a diffusers folder")
+    if prediction_type is not None and prediction_type != sd.schedule.prediction_type:
+        raise CheckpointError(f"prediction_type={prediction_type!r} contradicts {says}, which says {sd.schedule.prediction_type!r}: "
+                              "leave it out (it is for single files, which do not record it)")
+    return sd
 
 # %% ../nbs/06a_convert.ipynb #66d0b293
 _VAE_TO_DIFFUSERS = [  # (our key pattern, diffusers' name): 02's `_DIFFUSERS_RENAMES` read backwards
@@ -466,14 +517,19 @@ def clip_config_to_transformers(c:CLIPTextConfig, # our text encoder's config
 _DIFFUSERS_BETAS = {'linear': 'linear', 'scaled_linear': 'scaled_linear', 'squaredcos_cap_v2': 'squaredcos_cap_v2',
                     'cosine': 'squaredcos_cap_v2'}   # 05's cosine_betas equals diffusers' betas_for_alpha_bar bit for bit
 
-def ddim_scheduler_config(schedule:NoiseSchedule # the noise schedule the UNet was trained with
+def ddim_scheduler_config(schedule:NoiseSchedule, # the noise schedule the UNet was trained with
+                          sampling:dict|None=None # the model's sampling defaults (`StableDiffusion.sampling`)
                          ) -> dict:
     "The `scheduler_config.json` of a diffusers `DDIMScheduler` that samples as our `DDIMSampler` does (SD 1.x: leading spacing, offset 1)."
+    if isinstance(schedule, FlowSchedule):
+        _cannot('schedule', schedule, "a flow-matching model has no DDIMScheduler (save_single_file keeps its schedule in our config)")
     if schedule.beta_schedule not in _DIFFUSERS_BETAS: _cannot('schedule.beta_schedule', schedule.beta_schedule, "diffusers has no such schedule")
+    sampling = sampling or {}
+    spacing = {'timestep_spacing': sampling['timestep_spacing']} if 'timestep_spacing' in sampling else {}   # silent: DDIM's 'leading', others' own
     return dict(_class_name='DDIMScheduler', num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start,
                 beta_end=schedule.beta_end, beta_schedule=_DIFFUSERS_BETAS[schedule.beta_schedule], trained_betas=None,
-                clip_sample=False, set_alpha_to_one=False, steps_offset=1, prediction_type='epsilon', timestep_spacing='leading',
-                thresholding=False, rescale_betas_zero_snr=False)
+                clip_sample=False, set_alpha_to_one=False, steps_offset=sampling.get('steps_offset', 1), prediction_type=schedule.prediction_type,
+                **spacing, thresholding=False, rescale_betas_zero_snr=schedule.rescale_betas_zero_snr)
 
 # %% ../nbs/06a_convert.ipynb #02782078
 def _diffusers_version() -> str:
@@ -512,7 +568,7 @@ def diffusers_folder_files(sd, # a `StableDiffusion`
              'vae/diffusion_pytorch_model.safetensors': weights(sd.vae, vae_key_to_diffusers),
              'text_encoder/config.json': json.dumps(clip_config_to_transformers(sd.text_encoder.cfg, text_dtype), indent=2) + '\n',
              'text_encoder/model.safetensors': weights(sd.text_encoder, clip_key_to_transformers),
-             'scheduler/scheduler_config.json': config(ddim_scheduler_config(sd.schedule))}
+             'scheduler/scheduler_config.json': config(ddim_scheduler_config(sd.schedule, sd.sampling))}
     files |= {f'tokenizer/{name}': text for name, text in tokenizer_files(sd.tokenizer).items()}
     files['model_index.json'] = config(dict(     # which library and class reads each subfolder; [null, null]: not there
         _class_name='StableDiffusionPipeline', unet=['diffusers', 'UNet2DConditionModel'], vae=['diffusers', 'AutoencoderKL'],

@@ -13,8 +13,9 @@ from .schedulers import NoiseSchedule, FlowSchedule, Sampler, TIMESTEP_SPACINGS
 from .samplers import make_sampler, SAMPLER_NAMES
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'SAMPLING_KEYS', 'check_sampling_defaults', 'StableDiffusion', 'schedule_from_facts', 'load_unet',
-           'playground', 'record_cross_attention', 'token_heatmaps', 'attention_explorer']
+__all__ = ['COMPILE_MODES', 'SAMPLING_KEYS', 'check_sampling_defaults', 'StableDiffusion', 'schedule_from_facts',
+           'schedule_facts', 'load_unet', 'playground', 'record_cross_attention', 'token_heatmaps',
+           'attention_explorer']
 
 # %% ../nbs/06_cfg.ipynb #651a1df5
 def _as_list(prompt, what:str) -> list[str]:
@@ -352,6 +353,17 @@ def schedule_from_facts(facts:dict # a weights file's 'schedule' fact: NoiseSche
         facts.pop('prediction_type')
         return FlowSchedule(**facts)
     return NoiseSchedule(**facts)
+
+def schedule_facts(schedule:NoiseSchedule|FlowSchedule # the schedule a UNet was trained with
+                  ) -> dict:
+    "The 'schedule' fact of a weights file (the inverse of `schedule_from_facts`): the arguments that rebuild it, defaults left out."
+    if isinstance(schedule, FlowSchedule):
+        return dict(prediction_type='flow_matching', num_train_timesteps=schedule.num_train_timesteps, shift=schedule.shift)
+    d = dict(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start, beta_end=schedule.beta_end,
+             beta_schedule=schedule.beta_schedule)
+    if schedule.prediction_type != 'epsilon': d['prediction_type'] = schedule.prediction_type
+    if schedule.rescale_betas_zero_snr: d['rescale_betas_zero_snr'] = True
+    return d
 
 def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports
              ) -> tuple:

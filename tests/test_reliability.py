@@ -160,13 +160,13 @@ def test_a_bf16_copy_of_a_model_loads(tmp_path):
     assert torch.allclose(sd.schedule.alphas_cumprod, small_sd().schedule.alphas_cumprod)
 
 
-def test_v_prediction_folder_is_refused_in_a_sentence(tmp_path):
+def test_unknown_prediction_folder_is_refused_in_a_sentence(tmp_path):   # (v_prediction folders load since issue 24)
     from sd_scratch.convert import load_diffusers_folder, CheckpointError
     for d in ('unet', 'vae', 'text_encoder', 'scheduler'): (tmp_path/d).mkdir()
     for d in ('unet', 'vae', 'text_encoder'): (tmp_path/d/'config.json').write_text('{}')
-    (tmp_path/'scheduler'/'scheduler_config.json').write_text(json.dumps({"prediction_type": "v_prediction"}))
-    with pytest.raises(CheckpointError, match="trained to predict 'v_prediction'"): load_diffusers_folder(tmp_path)
-    refused(gen(tmp_path/'o', '--checkpoint', str(tmp_path)), 'v_prediction')
+    (tmp_path/'scheduler'/'scheduler_config.json').write_text(json.dumps({"prediction_type": "flow_prediction"}))
+    with pytest.raises(CheckpointError, match="trained to predict 'flow_prediction'"): load_diffusers_folder(tmp_path)
+    refused(gen(tmp_path/'o', '--checkpoint', str(tmp_path)), 'flow_prediction')
 
 
 # ---- issue 26: nothing lost, nothing silent, round two ----
@@ -403,11 +403,11 @@ def test_numbering_past_999_and_concurrent_writers(tmp_path, capsys):
     assert len(names) == 6 and len({n.split('_')[0] for n in names}) == 6, names      # six images, six numbers
 
 
-# 14: only v-prediction is called SD 2.x's kind
-def test_sample_prediction_refusal_does_not_say_v(tmp_path):
+# 14 (since issue 24 'sample' and 'v_prediction' load): a folder's scheduler config is read, and refused, before any weights
+def test_sample_prediction_folder_reads_its_scheduler_first(tmp_path):
     from sd_scratch.convert import load_diffusers_folder, CheckpointError
     for d in ('unet', 'vae', 'text_encoder', 'scheduler'): (tmp_path/d).mkdir()
     for d in ('unet', 'vae', 'text_encoder'): (tmp_path/d/'config.json').write_text('{}')
-    (tmp_path/'scheduler'/'scheduler_config.json').write_text(json.dumps({"prediction_type": "sample"}))
-    with pytest.raises(CheckpointError, match="trained to predict 'sample'") as e: load_diffusers_folder(tmp_path)
-    assert '768-v' not in str(e.value)
+    (tmp_path/'scheduler'/'scheduler_config.json').write_text(json.dumps({"prediction_type": "sample", "thresholding": True}))
+    with pytest.raises(CheckpointError, match="thresholding=true") as e: load_diffusers_folder(tmp_path)
+    assert 'trained to predict' not in str(e.value)
