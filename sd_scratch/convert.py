@@ -15,7 +15,8 @@ from .clip import CLIPTokenizer, CLIPTextConfig, CLIPTextEncoder, clip_from_tran
 from .vae import VAEConfig, AutoencoderKL, vae_from_diffusers, vae_config_from_diffusers
 from .unet import UNetConfig, UNet2DCondition, unet_from_diffusers, unet_config_from_diffusers
 from .schedulers import NoiseSchedule, FlowSchedule, PREDICTION_TYPES, TIMESTEP_SPACINGS
-from .pipeline import schedule_from_facts, schedule_facts, check_sampling_defaults, SAMPLING_KEYS
+from .pipeline import check_sampling_defaults, SAMPLING_KEYS
+from .objectives import schedule_from_config, schedule_config
 
 _all_ = ['clip_from_transformers', 'vae_from_diffusers', 'unet_from_diffusers']   # re-exported: the DESIGN contract
 
@@ -37,7 +38,7 @@ class SDConfig:
     vae:VAEConfig = field(default_factory=VAEConfig) # autoencoder
     unet:UNetConfig = field(default_factory=UNetConfig) # denoiser
     schedule:dict = field(default_factory=lambda: dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
-                                                       beta_schedule='scaled_linear')) # `NoiseSchedule` arguments (prediction_type, rescale_betas_zero_snr too), or a flow's: `schedule_from_facts`
+                                                       beta_schedule='scaled_linear')) # `NoiseSchedule` arguments (prediction_type, rescale_betas_zero_snr too), or a flow's: `schedule_from_config`
     timestep_spacing:str|None = None # the spacing the model asks its samplers for ('leading', 'trailing', 'linspace'); None: each sampler's own
     steps_offset:int|None = None # added to 'leading' timesteps; None: each sampler's own
 
@@ -48,7 +49,7 @@ class SDConfig:
             v = getattr(self, name)
             if isinstance(v, dict): setattr(self, name, cls(**v))
             elif not isinstance(v, cls): raise TypeError(f"SDConfig.{name} must be a {cls.__name__} or a dict, got {type(v).__name__}")
-        schedule_from_facts(self.schedule)   # fails at the door on a bad schedule
+        schedule_from_config(self.schedule)   # fails at the door on a bad schedule
         check_sampling_defaults(self.sampling)
 
     @property
@@ -298,7 +299,7 @@ def nets_from_ldm(state:dict, # single-file tensors (key -> tensor)
                               + _fmt('missing keys', missing) + _fmt('unexpected keys', unexpected)
                               + _fmt('shape mismatches (file vs model)', shapes) + hint)
     if 'alphas_cumprod' in state:   # the file remembers the noise schedule it was trained with: it must be ours
-        stored, schedule = state['alphas_cumprod'], schedule_from_facts(cfg.schedule)
+        stored, schedule = state['alphas_cumprod'], schedule_from_config(cfg.schedule)
         if isinstance(schedule, FlowSchedule):
             raise CheckpointError(f"{what} holds a DDPM noise schedule (alphas_cumprod), but the config says flow matching; pass the right config.schedule")
         theirs = stored.float()
@@ -333,7 +334,7 @@ def load_single_file(path, # an original SD 1.x checkpoint: `.safetensors` or `.
     cfg = _as_sdconfig(config) or (SDConfig.from_json(meta['sd_scratch.config']) if stored else SDConfig())
     if prediction_type is not None: cfg = _with_prediction_type(cfg, prediction_type, path, said=stored if config is None else 'prediction_type' in cfg.schedule)
     nets = nets_from_ldm(state, cfg, use_ema=use_ema, what=str(path))
-    return StableDiffusion(CLIPTokenizer(), nets['text'], nets['vae'], nets['unet'], schedule_from_facts(cfg.schedule), sampling=cfg.sampling)
+    return StableDiffusion(CLIPTokenizer(), nets['text'], nets['vae'], nets['unet'], schedule_from_config(cfg.schedule), sampling=cfg.sampling)
 
 def _with_prediction_type(cfg:SDConfig, prediction_type:str, path, said:bool) -> SDConfig:
     "`cfg` with the prediction type the user says; refused where the file (or the given config) already says another."
@@ -350,7 +351,7 @@ def _with_prediction_type(cfg:SDConfig, prediction_type:str, path, said:bool) ->
 # %% ../nbs/06a_convert.ipynb #e3ad13da
 def sd_config_of(sd) -> SDConfig:
     "The `SDConfig` of a `StableDiffusion`: its networks' configs, its schedule's arguments and its sampling defaults."
-    return SDConfig(text=sd.text_encoder.cfg, vae=sd.vae.cfg, unet=sd.unet.cfg, schedule=schedule_facts(sd.schedule),
+    return SDConfig(text=sd.text_encoder.cfg, vae=sd.vae.cfg, unet=sd.unet.cfg, schedule=schedule_config(sd.schedule),
                     timestep_spacing=sd.sampling.get('timestep_spacing'), steps_offset=sd.sampling.get('steps_offset'))
 
 def ldm_state_of(sd, # a `StableDiffusion`

@@ -32,12 +32,14 @@ def make_schedule(objective:str='epsilon', # one of `OBJECTIVES`
 
 def schedule_config(schedule # a `NoiseSchedule` or `FlowSchedule`
                    ) -> dict:
-    "The schedule as JSON-ready keyword arguments: what a weights file records, so sampling uses what training used."
+    "The schedule as JSON-ready keyword arguments (defaults left out): what a weights file records, so sampling uses what training used."
     if isinstance(schedule, FlowSchedule):
         return dict(prediction_type='flow_matching', num_train_timesteps=schedule.num_train_timesteps, shift=schedule.shift)
-    return dict(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start, beta_end=schedule.beta_end,
-                beta_schedule=schedule.beta_schedule, prediction_type=schedule.prediction_type,
-                rescale_betas_zero_snr=schedule.rescale_betas_zero_snr)
+    d = dict(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start, beta_end=schedule.beta_end,
+             beta_schedule=schedule.beta_schedule)
+    if schedule.prediction_type != 'epsilon': d['prediction_type'] = schedule.prediction_type   # defaults left out: an SD 1.x
+    if schedule.rescale_betas_zero_snr: d['rescale_betas_zero_snr'] = True                      # schedule reads as it always did
+    return d
 
 def schedule_from_config(d:dict # what `schedule_config` wrote (older files: the betas alone, which means epsilon)
                         ):

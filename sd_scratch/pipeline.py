@@ -11,11 +11,11 @@ from PIL import Image
 from .core import image_to_tensor, check_image_tensor, asset_path, read_weights
 from .schedulers import NoiseSchedule, FlowSchedule, Sampler, TIMESTEP_SPACINGS
 from .samplers import make_sampler, SAMPLER_NAMES
+from .objectives import schedule_config, schedule_from_config
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'SAMPLING_KEYS', 'check_sampling_defaults', 'StableDiffusion', 'schedule_from_facts',
-           'schedule_facts', 'load_unet', 'playground', 'record_cross_attention', 'token_heatmaps',
-           'attention_explorer']
+__all__ = ['COMPILE_MODES', 'SAMPLING_KEYS', 'check_sampling_defaults', 'StableDiffusion', 'load_unet', 'playground',
+           'record_cross_attention', 'token_heatmaps', 'attention_explorer']
 
 # %% ../nbs/06_cfg.ipynb #651a1df5
 def _as_list(prompt, what:str) -> list[str]:
@@ -345,26 +345,6 @@ def _not_finite_culprit(sd:StableDiffusion, guidance_scale:float, eta:float) -> 
 
 
 # %% ../nbs/06_cfg.ipynb #acf72d19
-def schedule_from_facts(facts:dict # a weights file's 'schedule' fact: NoiseSchedule's arguments, or a flow's (prediction_type 'flow_matching')
-                       ) -> NoiseSchedule|FlowSchedule:
-    "The schedule a weights file says its UNet was trained with."
-    facts = dict(facts)
-    if facts.get('prediction_type') == 'flow_matching':
-        facts.pop('prediction_type')
-        return FlowSchedule(**facts)
-    return NoiseSchedule(**facts)
-
-def schedule_facts(schedule:NoiseSchedule|FlowSchedule # the schedule a UNet was trained with
-                  ) -> dict:
-    "The 'schedule' fact of a weights file (the inverse of `schedule_from_facts`): the arguments that rebuild it, defaults left out."
-    if isinstance(schedule, FlowSchedule):
-        return dict(prediction_type='flow_matching', num_train_timesteps=schedule.num_train_timesteps, shift=schedule.shift)
-    d = dict(num_train_timesteps=schedule.num_train_timesteps, beta_start=schedule.beta_start, beta_end=schedule.beta_end,
-             beta_schedule=schedule.beta_schedule)
-    if schedule.prediction_type != 'epsilon': d['prediction_type'] = schedule.prediction_type
-    if schedule.rescale_betas_zero_snr: d['rescale_betas_zero_snr'] = True
-    return d
-
 def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports
              ) -> tuple:
     "(`UNet2DCondition` in eval mode, the `NoiseSchedule` or `FlowSchedule` it was trained with) from one weights file."
@@ -372,7 +352,7 @@ def load_unet(path # a UNet weights file with its noise schedule: the shipped to
     w = read_weights(path, 'UNet2DCondition')
     if 'schedule' not in w.extra:
         raise ValueError(f"{path} does not say which noise schedule its UNet was trained with (no 'schedule' in its extra facts)")
-    return UNet2DCondition.from_weights(w), schedule_from_facts(w.extra['schedule'])
+    return UNet2DCondition.from_weights(w), schedule_from_config(w.extra['schedule'])
 
 # %% ../nbs/06_cfg.ipynb #dc54c936
 def _png(im:Image.Image, side:int=256) -> bytes:

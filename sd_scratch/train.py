@@ -520,27 +520,20 @@ def export_lora(trainer:Trainer, path) -> Path:
     return Path(path)
 
 def export_pipeline(trainer:Trainer, pipeline, out_dir) -> tuple:
-    "A fine-tuned model as the files other tools read: `sd.safetensors` (an SD single file) and `diffusers/` (a diffusers folder), the frozen parts from `pipeline`, the UNet's EMA weights."
+    "A fine-tuned model as the files other tools read: `sd.safetensors` (an SD single file; our config in it records the objective) and `diffusers/` (a diffusers folder; not for a flow-matching model, which diffusers' SD pipeline cannot sample), the frozen parts and sampling defaults from `pipeline`, the UNet's EMA weights."
     from sd_scratch.pipeline import StableDiffusion
+    from sd_scratch.schedulers import FlowSchedule
     from sd_scratch.convert import save_single_file, save_diffusers_folder
-    out = Path(out_dir)
+    out, flow = Path(out_dir), isinstance(trainer.schedule, FlowSchedule)
     trainer.barrier()
     if trainer.is_main:
         sd = StableDiffusion(pipeline.tokenizer, pipeline.text_encoder, pipeline.vae, trainer.ema_model().float().cpu(), trainer.schedule,
-                             default_size=pipeline.default_size)
+                             default_size=pipeline.default_size, sampling=pipeline.sampling)
         save_single_file(sd, out/'sd.safetensors')
-        save_diffusers_folder(sd, out/'diffusers', overwrite=True)   # a resumed run replaces its own earlier export
+        if flow: print("not written: diffusers/ (a flow-matching UNet has no DDIMScheduler config; sd.safetensors and unet.safetensors record its schedule)")
+        else: save_diffusers_folder(sd, out/'diffusers', overwrite=True)   # a resumed run replaces its own earlier export
     trainer.barrier()
-    return out/'sd.safetensors', out/'diffusers'
-
-def _exports_objective(trainer:Trainer) -> bool:
-    "Whether 06a's diffusers folder records the schedule the run trained with (a v or flow model saved as 'epsilon' would sample wrong); if not, say so."
-    from sd_scratch.convert import ddim_scheduler_config
-    s = trainer.schedule
-    try: ok = {k: ddim_scheduler_config(s).get(k) for k in ('prediction_type', 'rescale_betas_zero_snr')} == {'prediction_type': s.prediction_type, 'rescale_betas_zero_snr': s.rescale_betas_zero_snr}
-    except (AttributeError, TypeError, ValueError): ok = False                 # e.g. a FlowSchedule: no betas for a DDIM config
-    if not ok and trainer.is_main: print(f"not written: sd.safetensors and diffusers/ (the SD and diffusers formats here cannot record objective={trainer.cfg.objective!r}); unet.safetensors records it")
-    return ok
+    return out/'sd.safetensors', None if flow else out/'diffusers'
 
 def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
               out_dir, # the run folder: log.jsonl, checkpoint.safetensors, run_config.json, samples/, the export
@@ -575,7 +568,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         _fit_or_stop(trainer)                                          # Ctrl-C: the step finishes, a checkpoint, TrainingInterrupted
         if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
         else: trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
-        if (run.init_unet is not None or run.encoders == 'sd') and not run.lora and not run.stream and enc.pipeline is not None and _exports_objective(trainer):
+        if (run.init_unet is not None or run.encoders == 'sd') and not run.lora and not run.stream and enc.pipeline is not None:
             export_pipeline(trainer, enc.pipeline, out_dir)              # a fine-tune, or a UNet trained on a model file's encoders (07d): an SD single file and a diffusers folder too (a streamed full-size run, lesson 08, exports unet.safetensors only)
     finally: folder.release()
     return trainer

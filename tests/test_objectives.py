@@ -108,18 +108,23 @@ def test_train_run_records_the_objective(tmp_path, objective, extra):
         train_run(dict(base='tiny', train=dict(steps=8)), tmp_path/'run', resume=True, progress=False)
 
 
-def test_pipeline_export_only_where_the_format_records_the_objective(capsys):
-    "A v or flow model is not written as an SD/diffusers file that says 'epsilon' (06a's DDIM config); epsilon is, as before."
+@pytest.mark.parametrize('objective, extra', [('v_prediction', dict(rescale_betas_zero_snr=True)), ('flow_matching', {})])
+def test_pipeline_export_records_the_objective(tmp_path, capsys, objective, extra):
+    "A fine-tune's SD single file (and, but for flow matching, its diffusers folder) loads back with the schedule it trained with."
+    import copy
     from types import SimpleNamespace
-    from sd_scratch.train import _exports_objective
-    from sd_scratch.convert import ddim_scheduler_config
-    def tr(obj, **kw): return SimpleNamespace(schedule=make_schedule(obj, **kw), cfg=SimpleNamespace(objective=obj), is_main=True)
-    assert _exports_objective(tr('epsilon'))
-    assert not _exports_objective(tr('flow_matching'))
-    assert 'cannot record' in capsys.readouterr().out
-    v = tr('v_prediction', rescale_betas_zero_snr=True)
-    assert _exports_objective(v) == (ddim_scheduler_config(v.schedule)['prediction_type'] == 'v_prediction'
-                                     and ddim_scheduler_config(v.schedule)['rescale_betas_zero_snr'])
+    from sd_scratch.pipeline import StableDiffusion
+    from sd_scratch.train import export_pipeline
+    from sd_scratch.convert import load_single_file, load_diffusers_folder
+    from sd_scratch.objectives import schedule_config
+    toy = StableDiffusion.from_pretrained('toy')
+    schedule = make_schedule(objective, **extra)
+    tr = SimpleNamespace(schedule=schedule, is_main=True, barrier=lambda: None, ema_model=lambda: copy.deepcopy(toy.unet))
+    single, folder = export_pipeline(tr, toy, tmp_path)
+    assert schedule_config(load_single_file(single).schedule) == schedule_config(schedule)
+    if objective == 'flow_matching':
+        assert folder is None and not (tmp_path/'diffusers').exists() and 'not written: diffusers/' in capsys.readouterr().out
+    else: assert schedule_config(load_diffusers_folder(folder).schedule) == schedule_config(schedule)
 
 
 @pytest.mark.parametrize('objective, extra', [('v_prediction', dict(rescale_betas_zero_snr=True)), ('sample', {}),
