@@ -135,7 +135,7 @@ TOY_UNET = dict(in_channels=4, out_channels=4, block_out_channels=(32, 64, 64), 
                 cross_attn_levels=(False, True, True), num_heads=4, cross_attention_dim=64, norm_groups=8)
 
 RECIPES = {
-    # the toy: 64 px shapes, toy VAE, mini-CLIP text tower; 450x benchmarks/toy_time.py's reference (612 s on a shared 2-core machine; below)
+    # the toy: 64 px shapes, toy VAE, mini-CLIP text tower; 310x benchmarks/toy_time.py's reference (328 s on a quiet 2-core machine; below)
     'toy': dict(name='toy', model='unet', model_config=TOY_UNET, data='shapes', n_images=4000, image_size=64, data_seed=0,
                 encoders='toy', train=dict(steps=1300, batch_size=32, lr=2e-3, warmup_steps=50, min_lr_ratio=0.1,
                                            min_snr_gamma=5.0, cfg_dropout=0.1, offset_noise=0.1, ema_decay=0.0, log_every=10,
