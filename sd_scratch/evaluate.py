@@ -147,13 +147,14 @@ def plot_adherence(rows:list, ax=None, title:str|None=None):
 def pipeline_generator(sd, # a `StableDiffusion` pipeline
                        steps:int=25, # DDIM steps
                        size:int=64, # image side
-                       batch_size:int=64 # prompts per `generate` call
+                       batch_size:int=64, # prompts per `generate` call
+                       **kwargs # more `generate` arguments, e.g. sampler='flow_euler' or timestep_spacing='trailing' (lesson 07e)
                       ):
     "A `generate(captions, guidance_scale, seed)` callable for `adherence_vs_guidance` from a pipeline."
     def generate(captions, guidance_scale, seed):
         out = []
         for i in range(0, len(captions), batch_size):
             out += sd.generate(captions[i:i + batch_size], steps=steps, guidance_scale=guidance_scale, seed=seed + i,
-                               height=size, width=size)
+                               height=size, width=size, **kwargs)
         return out
     return generate

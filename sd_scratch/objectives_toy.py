@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from .core import *
 from .train import load_run_config, recipe_encoders, build_data, build_model, Trainer
-from .evaluate import adherence
+from .evaluate import adherence, pipeline_generator
 
 # %% auto #0
 __all__ = ['COMPARE', 'OBJECTIVE_RUNS', 'MILESTONES', 'GUIDANCE', 'SAMPLING_STEPS', 'train_milestones', 'toy_pipeline',
@@ -57,11 +57,8 @@ def judge_weights(weights, # a UNet weights file
                  ) -> dict:
     "07a's adherence of the images one UNet file draws for `captions`: the fraction right for colour, shape, background and all three."
     sd = toy_pipeline(weights, base)
-    images = []
-    for i in range(0, len(captions), batch_size):
-        images += sd.generate(captions[i:i + batch_size], steps=steps, guidance_scale=guidance, sampler=sampler, seed=seed + i,
-                              height=64, width=64, timestep_spacing=timestep_spacing)
-    return adherence(images, captions)
+    draw = pipeline_generator(sd, steps=steps, batch_size=batch_size, sampler=sampler, timestep_spacing=timestep_spacing)   # 07a's drawing
+    return adherence(draw(captions, guidance, seed), captions)
 
 # %% ../nbs/07e_objectives_toy.ipynb #36042f2f
 def measure_objective(name:str, # the row label, e.g. 'epsilon'
