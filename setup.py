@@ -54,6 +54,7 @@ setuptools.setup(
     zip_safe = False,
     entry_points = {
         'console_scripts': cfg.get('console_scripts','').split(),
-        'nbdev': [f'{cfg.get("lib_path")}={cfg.get("lib_path")}._modidx:d']
+        # no 'nbdev' entry point: nbdev's show_doc would link every card to settings.ini's git_url, and the course has no
+        # public repository to link to; the site (docs/build_site.py) links each card to its own copy of the module's source
     },
     **setup_cfg)

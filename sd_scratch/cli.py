@@ -6,29 +6,30 @@
 from __future__ import annotations
 import argparse, contextlib, math, os, re, shlex, signal, sys
 from pathlib import Path
+from .core import check_positive_int
+from .schedulers import TIMESTEP_SPACINGS
+from .samplers import SAMPLER_NAMES
+from .objectives import OBJECTIVES
+from .pipeline import check_generation
+from .train import RECIPES   # the registries: the choices and help below are read from them, never repeated
 
 # %% auto #0
-__all__ = ['check_generate_args', 'lora_arg', 'sampler_name', 'generate_parser', 'load_model', 'generate_main', 'train_parser',
-           'train_main', 'data_parser', 'data_main', 'main']
+__all__ = ['GENERATE_FLAGS', 'check_generate_args', 'lora_arg', 'sampler_name', 'generate_parser', 'load_model', 'generate_main',
+           'train_parser', 'train_main', 'data_parser', 'data_main', 'main']
 
 # %% ../nbs/09_cli.ipynb #2bfe0b6b
+GENERATE_FLAGS = dict(steps='--steps', guidance_scale='--guidance', sampler='--sampler', eta='--eta', seed='--seed', height='--height',
+                      width='--width', strength='--strength', guidance_rescale='--guidance-rescale', timestep_spacing='--spacing',
+                      steps_offset='--steps-offset')   # `StableDiffusion.generate`'s names -> the flags that set them
+
 def check_generate_args(a:argparse.Namespace):
-    "Raise `ValueError` naming the first argument of `sd_scratch generate` that cannot work."
+    "Raise `ValueError` naming the first argument of `sd_scratch generate` that cannot work (the settings `generate` takes are checked by `check_generation`, the library's own validator, in the flags' names)."
     _check_strength_and_out(a)                                                   # (and --strength's default: 0.8)
-    if a.steps < 1: raise ValueError(f"--steps must be at least 1, got {a.steps}")
-    for name in ('height', 'width'):
-        v = getattr(a, name)
-        if v is not None and (v < 8 or v % 8): raise ValueError(f"--{name} must be a positive multiple of 8, got {v}")
-    for name in ('guidance', 'eta', 'strength'):
-        if not math.isfinite(getattr(a, name)): raise ValueError(f"--{name} must be a finite number, got {getattr(a, name)}")
-    if not 0 < a.strength <= 1: raise ValueError(f"--strength must lie in (0, 1], got {a.strength}")
-    if a.eta < 0: raise ValueError(f"--eta must be >= 0, got {a.eta}")
     if getattr(a, 'karras', False) and a.sampler in ('ddim', 'ddpm'):
         raise ValueError(f"--karras applies to --sampler euler, euler_a, heun and dpmpp_2m, not {a.sampler} (its timesteps are fixed)")
-    if a.eta != 0 and a.sampler != 'ddim':
-        raise ValueError(f"--eta applies to --sampler ddim only; {a.sampler} would ignore it (leave --eta at 0)")
-    _check_sampling_args(a)
-    if not 0 <= a.seed < 2**63 - 2**20: raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1 (minus the batch), got {a.seed}")
+    check_generation(a.steps, a.guidance, sampler_name(a), a.eta, a.seed, a.height, a.width, a.strength, getattr(a, 'guidance_rescale', 0.0),
+                     getattr(a, 'spacing', None), getattr(a, 'steps_offset', None), names=GENERATE_FLAGS)
+    if a.seed >= 2**63 - 2**20: raise ValueError(f"--seed must be an integer from 0 to 2**63 - 1 (minus the batch), got {a.seed}")
     if getattr(a, 'lora', None) is not None: lora_arg(a.lora)                    # raises with what is wrong
     if a.prompt is None and a.batch is None: raise ValueError("give --prompt TEXT or --batch prompts.txt")
     if a.prompt is not None and a.batch is not None:
@@ -43,20 +44,6 @@ def check_generate_args(a:argparse.Namespace):
     if out.exists() and not out.is_dir(): raise ValueError(f"--out: {out} exists and is not a folder")
     probe = out if out.exists() else next((q for q in out.parents if q.exists()), Path('.'))
     if not os.access(probe, os.W_OK | os.X_OK): raise ValueError(f"--out: cannot write into {probe} (permission denied)")
-
-def _check_sampling_args(a:argparse.Namespace):
-    "--guidance-rescale, --spacing and --steps-offset: each refused where it cannot apply (--prediction-type: when the model is loaded)."
-    rescale, spacing, offset = getattr(a, 'guidance_rescale', 0.0), getattr(a, 'spacing', None), getattr(a, 'steps_offset', None)
-    if not math.isfinite(rescale) or not 0 <= rescale <= 1:
-        raise ValueError(f"--guidance-rescale must lie in [0, 1] (0: off; Lin et al. 2024 use 0.7), got {rescale}")
-    if rescale > 0 and a.guidance <= 1:
-        raise ValueError(f"--guidance-rescale rescales the guided prediction, but guidance is off (--guidance {a.guidance:g} <= 1): "
-                         "raise --guidance or leave --guidance-rescale out")
-    if a.sampler.startswith('flow_euler') and (spacing is not None or offset is not None):
-        raise ValueError("--spacing and --steps-offset do not apply to --sampler flow_euler: its levels follow the flow model's shift")
-    if offset is not None and offset < 0: raise ValueError(f"--steps-offset must be an integer >= 0, got {offset}")
-    if offset is not None and spacing not in (None, 'leading'):
-        raise ValueError(f"--steps-offset shifts 'leading' timesteps only; --spacing {spacing} would ignore it (leave it out)")
 
 def lora_arg(value:str # FILE or FILE:SCALE, as given to --lora
             ) -> tuple[Path, float]:
@@ -82,7 +69,6 @@ def _check_strength_and_out(a:argparse.Namespace):
     if a.strength is not None and getattr(a, 'init_image', None) is None and 0 < a.strength <= 1:   # (a bad value: named below)
         raise ValueError("--strength applies to image-to-image only: give --init-image too (or leave --strength out)")
     if a.strength is None: a.strength = 0.8
-    if a.eta > 1: raise ValueError(f"--eta must lie in [0, 1] (1 is DDPM-like noise; above 1 a DDIM step takes the square root of a negative number), got {a.eta}")
 
 @contextlib.contextmanager
 def _folder_lock(folder:Path):
@@ -105,7 +91,6 @@ def _save_numbered(img, out:Path, seed:int, index:int|None=None) -> Path:
 # %% ../nbs/09_cli.ipynb #2ae97e05
 def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The arguments of `sd_scratch generate`."
-    from sd_scratch.samplers import SAMPLER_NAMES                     # the one list of sampler names
     p = p or argparse.ArgumentParser(prog='sd_scratch generate')
     p.add_argument('--prompt', help='text prompt')
     p.add_argument('--negative', default=None, help='negative prompt (replaces the empty prompt of classifier-free guidance)')
@@ -121,11 +106,11 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
     p.add_argument('--eta', type=float, default=0.0, help='DDIM eta (0: deterministic); --sampler ddim only')
     p.add_argument('--guidance-rescale', dest='guidance_rescale', type=float, default=0.0, help='Lin et al. 2024: pull the guided '
                    "prediction's std back toward the conditional one's, in [0, 1] (0: off; 0.7 in the paper); needs --guidance > 1")
-    p.add_argument('--spacing', choices=('leading', 'trailing', 'linspace'), default=None, help="how the timesteps are spaced: "
+    p.add_argument('--spacing', choices=TIMESTEP_SPACINGS, default=None, help="how the timesteps are spaced: "
                    "'leading' (SD 1.x's DDIM), 'trailing' (zero-SNR models), 'linspace'; default: the checkpoint's, else the sampler's own")
     p.add_argument('--steps-offset', dest='steps_offset', type=int, default=None, help="added to 'leading' timesteps (SD 1.x: 1); "
                    "default: the checkpoint's, else the sampler's own")
-    p.add_argument('--prediction-type', dest='prediction_type', choices=('epsilon', 'v_prediction', 'sample', 'flow_matching'),
+    p.add_argument('--prediction-type', dest='prediction_type', choices=OBJECTIVES,
                    default=None, help='what the UNet predicts, for single files that do not record it (SD 2.x 768-v: v_prediction); '
                    'refused where the checkpoint says otherwise')
     p.add_argument('--height', type=int, default=None, help='image height, a multiple of 8 (default: the model\'s)')
@@ -183,9 +168,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
     prompts = [a.prompt] if a.batch is None else _read_prompts(a.batch)
     init = None if a.init_image is None else _open_image(a.init_image)
     sd = load_model(a.checkpoint, getattr(a, 'prediction_type', None))
-    if a.lora is not None:
-        import sd_scratch.lora                                       # lesson 07b gives the pipeline `load_lora`
-        sd.load_lora(*lora_arg(a.lora))
+    if a.lora is not None: sd.load_lora(*lora_arg(a.lora))           # (lesson 07b's method: the package imports it)
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, prompt in enumerate(prompts):
@@ -203,7 +186,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
 def train_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The arguments of `sd_scratch train`."
     p = p or argparse.ArgumentParser(prog='sd_scratch train')
-    p.add_argument('--config', required=True, help='a recipe (toy, toy_shipped, lora_toy, finetune, lora, tiny, sd15_2x5090) or a JSON file of recipe fields; '
+    p.add_argument('--config', required=True, help=f"a recipe ({', '.join(RECIPES)}) or a JSON file of recipe fields; "
                    'a JSON file may start from a recipe: {"base": "toy", "train": {"steps": 20}}')
     p.add_argument('--out', required=True, help='run folder: log.jsonl, checkpoints, samples')
     p.add_argument('--data', default=None, help='train on this folder (made by `sd_scratch data`, or latent shards) instead of the recipe\'s data')
@@ -226,7 +209,7 @@ def train_main(a:argparse.Namespace) -> dict:
     if not str(a.out).strip(): raise ValueError("--out is empty: give the run folder (e.g. --out runs/toy)")
     run = load_run_config(a.config, data=getattr(a, 'data', None), checkpoint=getattr(a, 'checkpoint', None))
     if getattr(a, 'steps', None) is not None:
-        if a.steps < 1: raise ValueError(f"--steps must be at least 1, got {a.steps}")
+        check_positive_int(a.steps, '--steps')
         run = RunConfig.from_dict({**asdict(run), 'train': {**run.train, 'steps': a.steps}})
     res = _train(run, a.out, resume=a.resume, progress=a.progress)
     if dist_env().is_main: print(json.dumps(res), flush=True)   # under torchrun, rank 0 speaks for all
@@ -264,8 +247,7 @@ def data_main(a:argparse.Namespace) -> dict:
     src, out = Path(a.source), Path(a.out)
     if not str(a.out).strip(): raise ValueError("the output folder is an empty path")
     if not src.exists(): raise ValueError(f"source {src} does not exist")
-    for k in ('samples_per_shard', 'batch_size'):
-        if getattr(a, k) < 1: raise ValueError(f"--{k.replace('_', '-')} must be at least 1, got {getattr(a, k)}")
+    for k in ('samples_per_shard', 'batch_size'): check_positive_int(getattr(a, k), '--' + k.replace('_', '-'))
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
     if world > 1 and not dist.is_initialized(): dist.init_process_group('gloo', timeout=datetime.timedelta(hours=12))
     sync = dist.barrier if world > 1 else (lambda: None)

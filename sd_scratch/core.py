@@ -17,8 +17,8 @@ from safetensors.torch import save_file, safe_open
 __all__ = ['WEIGHTS_FORMAT', 'default_device', 'seed_everything', 'check_image_tensor', 'image_to_tensor', 'tensor_to_images',
            'image_grid', 'save_grid', 'figure_dir', 'long_cells', 'show_images', 'asset_path', 'load_state_strict',
            'atomic_write', 'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'interrupt_requested',
-           'stop_on_interrupt', 'config_dict', 'save_weights', 'Weights', 'read_weights', 'SavesWeights',
-           'state_and_config']
+           'stop_on_interrupt', 'process_alive', 'lock_owner', 'RunFolder', 'check_positive_int', 'refuse_unknown_keys',
+           'config_dict', 'save_weights', 'Weights', 'read_weights', 'SavesWeights', 'state_and_config']
 
 # %% ../nbs/00_core.ipynb #a1a9423b
 if os.environ.get('IN_TEST') and 'OMP_NUM_THREADS' not in os.environ:   # under nbdev_test, one worker per core runs a notebook:
@@ -283,6 +283,65 @@ def stop_on_interrupt(grace:float=1.0 # a second Ctrl-C within this many seconds
     try: yield
     finally: signal.signal(signal.SIGINT, old); _STOP['requested'] = False
 
+
+# %% ../nbs/00_core.ipynb #fef50bd0
+def process_alive(pid:int) -> bool:
+    "Whether process `pid` exists on this machine."
+    try: os.kill(pid, 0)
+    except ProcessLookupError: return False
+    except PermissionError: return True
+    return True
+
+def lock_owner(folder) -> int:
+    "The process id written in `folder/.lock` (0 when there is no readable lock)."
+    try: return int((Path(folder)/'.lock').read_text().strip() or 0)
+    except (OSError, ValueError): return 0
+
+# %% ../nbs/00_core.ipynb #13e1ea9a
+class RunFolder:
+    "A run folder belongs to one run at a time: `.lock` holds the owner's process id; a lock whose owner died is taken over."
+    def __init__(self, path): self.path = Path(path); self.lock = self.path/'.lock'; self.held = False
+
+    def acquire(self) -> RunFolder:
+        "Take the folder, or raise `FileExistsError` naming the live run that has it; then remove temporary files a killed run left."
+        self.path.mkdir(parents=True, exist_ok=True)
+        while not self.held:
+            try:
+                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+                with os.fdopen(fd, 'w') as f: f.write(str(os.getpid()))
+                self.held = True
+            except FileExistsError:
+                pid = lock_owner(self.path)
+                if pid and pid != os.getpid() and process_alive(pid):
+                    raise FileExistsError(f"{self.path} is in use by another training run (process {pid}); wait for it, or use "
+                                          f"another folder (if no such run exists, delete {self.lock})") from None
+                try: self.lock.unlink()                                # its owner is gone: a stale lock
+                except FileNotFoundError: pass
+        for tmp in [*self.path.glob('.*.tmp'), *self.path.glob('samples/.*.tmp')]: tmp.unlink(missing_ok=True)
+        return self
+
+    def release(self):
+        "Give the folder up (remove `.lock`)."
+        if self.held and self.lock.exists(): self.lock.unlink(missing_ok=True)
+        self.held = False
+    def __enter__(self): return self.acquire()
+    def __exit__(self, *exc): self.release()
+
+# %% ../nbs/00_core.ipynb #eabb7466
+def check_positive_int(value, # the value given
+                       name:str # how the user knows it, e.g. 'steps' or 'TinyConvConfig: hidden'
+                      ) -> int:
+    "`value` as an int if it is a whole number >= 1 (a bool is not); else a `ValueError` naming `name` and the value."
+    if isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1: return int(value)
+    raise ValueError(f"{name} must be a positive int, got {value!r}")
+
+def refuse_unknown_keys(given, # the keys the user gave (a dict or any iterable of names)
+                        known, # the keys that mean something, in the order the message lists them
+                        what:str # whose keys, e.g. 'TrainConfig' or 'model_config keys for UNetConfig'
+                       ):
+    "Raise a `ValueError` naming every key of `given` that is not in `known`, and listing the valid ones."
+    unknown = sorted(set(given) - set(known))
+    if unknown: raise ValueError(f"unknown {what}: {unknown}; valid keys are: {', '.join(known)}")
 
 # %% ../nbs/00_core.ipynb #f895acf7
 WEIGHTS_FORMAT = 'sd_scratch.weights.v1'

@@ -7,7 +7,7 @@ from __future__ import annotations
 import itertools
 import numpy as np, torch
 from PIL import Image, ImageDraw
-from .core import image_to_tensor
+from .core import image_to_tensor, check_positive_int
 
 # %% auto #0
 __all__ = ['COLOURS', 'SHAPES', 'EXTRA_SHAPES', 'SIZES', 'IMAGE_EXTS', 'METADATA_FILES', 'render_shape', 'make_caption',
@@ -109,7 +109,7 @@ class ShapesDataset(torch.utils.data.Dataset):
                  supersample:int=4, # anti-aliasing factor used when drawing
                  shapes:tuple=SHAPES # the shapes to draw from (e.g. `('star',)` for the shape 07b teaches)
                 ):
-        if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1: raise ValueError(f"n must be a positive int, got {n!r}")
+        check_positive_int(n, 'n')
         if not isinstance(size, (int, np.integer)) or size < 8: raise ValueError(f"size must be an int >= 8 pixels, got {size!r}")
         shapes = tuple(shapes)
         bad = [s for s in shapes if s not in SHAPES + EXTRA_SHAPES]
@@ -476,7 +476,7 @@ def write_image_shards(source, # a folder of image + .txt pairs, a folder of .ta
     Bad samples are skipped and counted (`seen == written + skipped`), a damaged input shard is named in a warning and read up to the damage.
     Each shard is written under a temporary name and renamed when complete: a failure leaves only complete shards."""
     if not isinstance(size, int) or size < 8: raise ValueError(f"size must be an int >= 8, got {size!r}")
-    if not isinstance(samples_per_shard, int) or samples_per_shard < 1: raise ValueError(f"samples_per_shard must be an int >= 1, got {samples_per_shard!r}")
+    check_positive_int(samples_per_shard, 'samples_per_shard')
     min_size = size if min_size is None else min_size
     kind, folder, paths = _image_source(source)
     if resume and overwrite: raise ValueError("resume=True keeps the finished shards and overwrite=True deletes them: choose one")

@@ -10,12 +10,11 @@ import numpy as np, torch
 from PIL import Image
 from .core import image_to_tensor, check_image_tensor, asset_path, read_weights
 from .schedulers import NoiseSchedule, FlowSchedule, Sampler, TIMESTEP_SPACINGS
-from .samplers import make_sampler, SAMPLER_NAMES
+from .samplers import make_sampler, check_sampler_args, SAMPLER_NAMES
 from .objectives import schedule_config, schedule_from_config
 
 # %% auto #0
-__all__ = ['COMPILE_MODES', 'SAMPLING_KEYS', 'check_sampling_defaults', 'StableDiffusion', 'load_unet', 'playground',
-           'record_cross_attention', 'token_heatmaps', 'attention_explorer']
+__all__ = ['COMPILE_MODES', 'SAMPLING_KEYS', 'check_generation', 'check_sampling_defaults', 'StableDiffusion', 'load_unet']
 
 # %% ../nbs/06_cfg.ipynb #651a1df5
 def _as_list(prompt, what:str) -> list[str]:
@@ -31,6 +30,43 @@ def _to_output(x:torch.Tensor, # decoded images (B, 3, H, W), roughly in [-1, 1]
     a = x.detach().float().cpu().permute(0, 2, 3, 1).numpy()         # (B, 3, H, W) -> (B, H, W, 3)
     if output_type == 'np': return a
     return [Image.fromarray(i) for i in (a * 255).round().astype(np.uint8)]
+
+# %% ../nbs/06_cfg.ipynb #874570f3
+def check_generation(steps:int=50, guidance_scale:float=7.5, sampler:str='ddim', eta:float=0.0, seed:int|None=0, # as for `generate`
+                     height:int|None=None, width:int|None=None, strength:float=0.8, guidance_rescale:float=0.0,
+                     timestep_spacing:str|None=None, steps_offset:int|None=None,
+                     names:dict|None=None # how the caller's user knows each setting: `sd_scratch generate` passes {'eta': '--eta', ...}
+                    ):
+    "Refuse a setting of `generate` that cannot work, before any work is done, with a `ValueError` naming it (in the caller's words: `names`). `StableDiffusion.generate` and `sd_scratch generate` both ask it, so the same input gets the same answer from both."
+    n = lambda k: (names or {}).get(k, k)
+    def number(v): return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    def whole(v): return isinstance(v, int) and not isinstance(v, bool)
+    for k, v in (('guidance_scale', guidance_scale), ('eta', eta), ('strength', strength), ('guidance_rescale', guidance_rescale)):
+        if not number(v): raise ValueError(f"{n(k)} must be a finite number, got {v!r}")
+    if not whole(steps) or steps < 1: raise ValueError(f"{n('steps')} must be an integer >= 1, got {steps!r}")
+    if abs(guidance_scale) > 1000: raise ValueError(f"{n('guidance_scale')}={guidance_scale} is far outside any useful range "
+                                                    "(SD uses 1-15); the guided prediction would overflow")
+    if not 0 <= eta <= 1: raise ValueError(f"{n('eta')} must lie in [0, 1] (0: deterministic DDIM, 1: DDPM-like noise; above 1 a DDIM "
+                                           f"step takes the square root of a negative number), got {eta}")
+    if not 0 < strength <= 1: raise ValueError(f"{n('strength')} must be in (0, 1], got {strength}")
+    if not 0 <= guidance_rescale <= 1:
+        raise ValueError(f"{n('guidance_rescale')} must lie in [0, 1] (0: off; Lin et al. 2024 use 0.7), got {guidance_rescale!r}")
+    if guidance_rescale > 0 and guidance_scale <= 1:
+        raise ValueError(f"{n('guidance_rescale')}={guidance_rescale} rescales the guided prediction, but guidance is off "
+                         f"({n('guidance_scale')}={guidance_scale} <= 1): raise {n('guidance_scale')} or leave {n('guidance_rescale')} at 0")
+    if seed is not None and (not whole(seed) or not 0 <= seed < 2**63):
+        raise ValueError(f"{n('seed')} must be an integer from 0 to 2**63 - 1 (or None), got {seed!r}")
+    for k, v in (('height', height), ('width', width)):
+        if v is not None and (not whole(v) or v < 8 or v % 8): raise ValueError(f"{n(k)} must be a positive multiple of 8, got {v!r}")
+    if timestep_spacing is not None and timestep_spacing not in TIMESTEP_SPACINGS:
+        raise ValueError(f"{n('timestep_spacing')} must be one of {', '.join(TIMESTEP_SPACINGS)}, got {timestep_spacing!r}")
+    if steps_offset is not None and (not whole(steps_offset) or steps_offset < 0):
+        raise ValueError(f"{n('steps_offset')} must be an integer >= 0, got {steps_offset!r}")
+    if steps_offset is not None and timestep_spacing not in (None, 'leading'):
+        raise ValueError(f"{n('steps_offset')} shifts 'leading' timesteps only; {n('timestep_spacing')} {timestep_spacing} would "
+                         "ignore it (leave it unset)")
+    check_sampler_args(sampler, eta, timestep_spacing, steps_offset, names)
+
 
 # %% ../nbs/06_cfg.ipynb #96c9d3b9
 def _available_memory() -> int|None:
@@ -278,18 +314,7 @@ class StableDiffusion:
         if len(negs) == 1: negs = negs * B
         if len(negs) != B: raise ValueError(f"got {len(negs)} negative prompts for {B} prompts")
         if output_type not in ('pil', 'pt', 'np'): raise ValueError(f"output_type must be 'pil', 'pt' or 'np', got {output_type!r}")
-        for name, v in (('guidance_scale', guidance_scale), ('eta', eta), ('strength', strength), ('guidance_rescale', guidance_rescale)):
-            if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
-                raise ValueError(f"{name} must be a finite number, got {v!r}")
-        if abs(guidance_scale) > 1000: raise ValueError(f"guidance_scale={guidance_scale} is far outside any useful range (SD uses 1-15); "
-                                                        "the guided prediction would overflow")
-        if eta < 0: raise ValueError(f"eta must be >= 0, got {eta}")
-        if not 0 <= guidance_rescale <= 1: raise ValueError(f"guidance_rescale must lie in [0, 1] (0: off; Lin et al. 2024 use 0.7), got {guidance_rescale}")
-        if guidance_rescale > 0 and guidance_scale <= 1:
-            raise ValueError(f"guidance_rescale={guidance_rescale} rescales the guided prediction, but guidance is off (guidance_scale="
-                             f"{guidance_scale} <= 1): raise guidance_scale or leave guidance_rescale at 0")
-        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2**63):
-            raise ValueError(f"seed must be an int from 0 to 2**63 - 1 (or None), got {seed!r}")
+        check_generation(steps, guidance_scale, sampler, eta, seed, height, width, strength, guidance_rescale, timestep_spacing, steps_offset)
         if latents is not None and not torch.isfinite(latents).all(): raise ValueError("latents contain NaN or inf")
         if (height is None) != (width is None): raise ValueError("give both height and width, or neither")
         if latents is not None and init_image is not None: raise ValueError("pass either latents (text-to-image) or init_image (image-to-image), not both")
@@ -337,7 +362,6 @@ def _not_finite_culprit(sd:StableDiffusion, guidance_scale:float, eta:float) -> 
     "Why a sample came out NaN or inf, naming the setting that is outside its useful range (or else the weights or inputs)."
     loras = [m.scale for m in sd.unet.modules() if hasattr(m, 'lora_A') and abs(getattr(m, 'scale', 0)) > 10]   # 07b's adapters
     if loras: return f"the LoRA scale ({loras[0]:g}) is too large (useful scales lie around 0 to 2)"
-    if eta > 1: return f"eta ({eta:g}) is above 1 (0 to 1 is DDIM's range; above it a step takes the square root of a negative number)"
     if abs(guidance_scale) > 30: return f"the guidance scale ({guidance_scale:g}) is too large for this model (SD uses 1-15)"
     bad = [n for n, p in sd.unet.named_parameters() if not torch.isfinite(p).all()]
     return (f"the UNet's weights are broken ({bad[0]} holds NaN or inf)" if bad else "the model's weights or the inputs are broken"
@@ -353,103 +377,3 @@ def load_unet(path # a UNet weights file with its noise schedule: the shipped to
     if 'schedule' not in w.extra:
         raise ValueError(f"{path} does not say which noise schedule its UNet was trained with (no 'schedule' in its extra facts)")
     return UNet2DCondition.from_weights(w), schedule_from_config(w.extra['schedule'])
-
-# %% ../nbs/06_cfg.ipynb #dc54c936
-def _png(im:Image.Image, side:int=256) -> bytes:
-    "A PIL image as PNG bytes, scaled (nearest neighbour, so pixels stay visible) to `side` pixels."
-    import io
-    buf = io.BytesIO(); im.resize((side, side * im.height // im.width), Image.NEAREST).save(buf, format='PNG')
-    return buf.getvalue()
-
-def playground(sd:StableDiffusion|None=None, # default: the shipped toy model
-               prompt:str='a red circle on a blue background', negative_prompt:str='', # the texts it starts with
-               guidance_scale:float=2.0, seed:int=0, steps:int=25, sampler:str='ddim', # the settings it starts with
-               side:int=256): # how large the image is shown, in screen pixels
-    "Prompt, negative prompt, guidance, seed, steps and sampler in, an image out, redrawn after every change (ipywidgets)."
-    import html, time, ipywidgets as W
-    sd = sd or StableDiffusion.from_pretrained('toy')
-    ctl = dict(prompt=W.Text(prompt, description='prompt', continuous_update=False),
-               negative_prompt=W.Text(negative_prompt, description='negative', continuous_update=False),
-               guidance_scale=W.FloatSlider(value=guidance_scale, min=1, max=10, step=0.5, description='guidance', continuous_update=False),
-               seed=W.IntText(seed, description='seed'),
-               steps=W.IntSlider(value=steps, min=1, max=50, description='steps', continuous_update=False),
-               sampler=W.Dropdown(options=SAMPLER_NAMES, value=sampler, description='sampler'))
-    image, info = W.Image(format='png'), W.HTML()
-    def draw(_=None):
-        v = {k: c.value for k, c in ctl.items()}
-        t0 = time.perf_counter()
-        try:
-            im = sd.generate(v['prompt'], negative_prompt=v['negative_prompt'] or None, steps=v['steps'], sampler=v['sampler'],
-                             guidance_scale=v['guidance_scale'], seed=v['seed'])[0]
-        except (ValueError, TypeError) as e:           # bad settings: say so where the image would be, no traceback
-            info.value = f'<span style="color:#b00000">{html.escape(str(e))}</span>'; return
-        image.value, info.value = _png(im, side), f'{im.width}x{im.height} px in {time.perf_counter() - t0:.2f} s'
-        box.last = im
-    box = W.HBox([W.VBox(list(ctl.values()) + [info]), image])
-    box.controls, box.image, box.info, box.draw, box.sd = ctl, image, info, draw, sd
-    for c in ctl.values(): c.observe(draw, names='value')
-    draw()
-    return box
-
-
-# %% ../nbs/06_cfg.ipynb #a5991ae6
-@contextlib.contextmanager
-def record_cross_attention(unet, # the UNet whose cross-attention layers (`attn2`) are watched
-                          ):
-    "While active, every UNet call appends {layer name: its attention weights averaged over heads, (B, H*W, L)} to the yielded list."
-    calls, hooks = [], []
-    def hook(m, args, out, name):
-        a = m.attention_map(args[0], args[1]).mean(1)               # (B, heads, HW, L) -> (B, HW, L)
-        if not calls or name in calls[-1]: calls.append({})          # the first layer again: a new UNet call
-        calls[-1][name] = a
-    for name, m in unet.named_modules():
-        if name.endswith('attn2'): hooks.append(m.register_forward_hook(lambda m, a, o, name=name: hook(m, a, o, name)))
-    try: yield calls
-    finally:
-        for h in hooks: h.remove()
-
-def token_heatmaps(sd:StableDiffusion, # the pipeline (one prompt is drawn)
-                   prompt:str, steps:int=25, guidance_scale:float=4.0, seed:int=0, sampler:str='ddim' # as for `generate`
-                  ) -> dict:
-    "Where each token of `prompt` acts at every UNet call: heat (calls, 77, h, w), each pixel's share of attention per token (mean over heads and layers), and the image."
-    import torch.nn.functional as F
-    ids = sd.tokenizer.encode(prompt)[:sd.tokenizer.max_length - 2]
-    words = ['<start>'] + [sd.tokenizer.decode([i]) for i in ids] + ['<end>']   # the tokens before the padding
-    with record_cross_attention(sd.unet) as calls:
-        x = sd.generate(prompt, steps=steps, guidance_scale=guidance_scale, seed=seed, sampler=sampler, output_type='pt')
-    h, w = x.shape[-2] // sd.vae.cfg.downsample_factor, x.shape[-1] // sd.vae.cfg.downsample_factor
-    heat = []
-    for call in calls:
-        per_layer = []
-        for a in call.values():                                      # a: (B or 2B, hl*wl, 77); the prompt is the last row
-            a = a[-1]                                                # (hl*wl, 77)
-            wl = int(math.isqrt(a.shape[0] * w // h)); hl = a.shape[0] // wl
-            m = a.T.reshape(-1, hl, wl)                              # (hl*wl, 77) -> (77, hl, wl)
-            per_layer.append(F.interpolate(m[None], size=(h, w), mode='bilinear')[0])   # -> (77, h, w)
-        heat.append(torch.stack(per_layer).mean(0))
-    return dict(words=words, heat=torch.stack(heat), image=x[0])   # heat: (calls, 77, h, w), rows past len(words) are padding
-
-def attention_explorer(sd:StableDiffusion|None=None, # default: the shipped toy model
-                       prompt:str='a red circle on a blue background', # the prompt drawn (once, when the explorer opens)
-                       side:int=192, **kw): # screen size of each picture; kw: steps, guidance_scale, seed, sampler
-    "Pick a word and a sampling step: where that word's cross-attention acts, beside the finished image (ipywidgets)."
-    import ipywidgets as W
-    from matplotlib import colormaps
-    sd = sd or StableDiffusion.from_pretrained('toy')
-    r = token_heatmaps(sd, prompt, **kw)
-    word = W.Dropdown(options=[(w, i) for i, w in enumerate(r['words'])], value=min(3, len(r['words']) - 1), description='word')
-    step = W.IntSlider(value=len(r['heat']) // 2, min=0, max=len(r['heat']) - 1, description='UNet call', continuous_update=True)
-    final = _to_output(r['image'][None] * 2 - 1, 'pil')[0]
-    picture, heatmap, info = W.Image(format='png', value=_png(final, side)), W.Image(format='png'), W.HTML()
-    def show(_=None):
-        m = r['heat'][step.value, word.value]
-        m = (m - m.min()) / (m.max() - m.min() + 1e-8)
-        rgb = (colormaps['viridis'](m.numpy())[..., :3] * 255).astype(np.uint8)   # (h, w) -> (h, w, 3)
-        heatmap.value = _png(Image.fromarray(rgb), side)
-        info.value = (f"'{r['words'][word.value]}' takes {r['heat'][step.value, word.value].mean():.1%} of the attention "
-                      f"at UNet call {step.value + 1} of {len(r['heat'])}")
-    word.observe(show, names='value'); step.observe(show, names='value'); show()
-    box = W.VBox([W.HBox([word, step]), W.HBox([picture, heatmap]), info])
-    box.word, box.step, box.heatmap, box.info, box.maps = word, step, heatmap, info, r
-    return box
-

@@ -11,7 +11,7 @@ from .schedulers import NoiseSchedule, FlowSchedule, Sampler, DDPMSampler, DDIMS
 # %% auto #0
 __all__ = ['KARRAS_SAMPLERS', 'SAMPLERS', 'SAMPLER_NAMES', 'schedule_sigmas', 'sigma_to_t', 't_to_sigma', 'karras_sigmas',
            'SigmaSampler', 'EulerSampler', 'EulerAncestralSampler', 'HeunSampler', 'DPMSolverPP2MSampler', 'flow_shift',
-           'FlowMatchEulerSampler', 'make_sampler']
+           'FlowMatchEulerSampler', 'check_sampler_args', 'make_sampler']
 
 # %% ../nbs/05a_samplers.ipynb #33a99cba
 def schedule_sigmas(schedule:NoiseSchedule # the forward process
@@ -327,6 +327,22 @@ SAMPLERS = {'ddim': DDIMSampler, 'ddpm': DDPMSampler, 'euler': EulerSampler, 'eu
 SAMPLER_NAMES = (tuple(k for k in SAMPLERS if k != 'flow_euler') + tuple(f'{k}_karras' for k, c in SAMPLERS.items() if c in KARRAS_SAMPLERS)
                  + ('flow_euler',))   # the samplers of a NoiseSchedule, then the one of a FlowSchedule
 
+def check_sampler_args(name:str, # the sampler's name
+                       eta:float=0.0, # DDIM's noise
+                       timestep_spacing:str|None=None, steps_offset:int|None=None, # as for `make_sampler`
+                       names:dict|None=None # how the caller's user knows each argument, e.g. {'eta': '--eta'} on the command line
+                      ):
+    "Refuse a sampler name or a setting the named sampler would ignore: a `ValueError` naming it (in the caller's words: `names`)."
+    n = lambda k: (names or {}).get(k, k)
+    if name not in SAMPLER_NAMES: raise ValueError(f"unknown {n('sampler')} {name!r}; valid samplers: {', '.join(SAMPLER_NAMES)}")
+    if eta != 0.0 and name != 'ddim':
+        raise ValueError(f"{n('eta')} applies to the 'ddim' sampler only; {name!r} ignores it (DDPM and Euler a always add eta = 1 noise, "
+                         f"the others none): leave {n('eta')} at 0")
+    given = [n(k) for k, v in (('timestep_spacing', timestep_spacing), ('steps_offset', steps_offset)) if v is not None]
+    if name == 'flow_euler' and given:
+        raise ValueError(f"{' and '.join(given)} do not apply to 'flow_euler': it spaces its levels evenly in t and moves "
+                         "them by the FlowSchedule's shift (leave them unset)")
+
 def make_sampler(name:str, # one of `SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'euler_a', 'heun', 'dpmpp_2m', or one of the last four + '_karras'; 'flow_euler' for a FlowSchedule
                  schedule:NoiseSchedule|FlowSchedule, # the forward process the UNet was trained with
                  steps:int, # denoising steps (Heun calls the UNet 2 * steps - 1 times)
@@ -335,17 +351,10 @@ def make_sampler(name:str, # one of `SAMPLER_NAMES`: 'ddim', 'ddpm', 'euler', 'e
                  steps_offset:int|None=None # added to 'leading' timesteps; None: the sampler's default (DDIM/DDPM 1, the sigma samplers 0)
                 ) -> Sampler:
     "A fresh sampler by name, as `StableDiffusion.generate(sampler=...)` and `sd_scratch generate --sampler` spell them."
-    if name not in SAMPLER_NAMES:
-        raise ValueError(f"unknown sampler {name!r}; valid samplers: {', '.join(SAMPLER_NAMES)}")
+    check_sampler_args(name, eta, timestep_spacing, steps_offset)
     spacing = {k: v for k, v in (('timestep_spacing', timestep_spacing), ('steps_offset', steps_offset)) if v is not None}
     if name == 'ddim': return DDIMSampler(schedule, steps, eta=eta, **spacing)
-    if eta != 0.0:
-        raise ValueError(f"eta applies to the 'ddim' sampler only; {name!r} ignores it (DDPM and Euler a always add eta = 1 noise, "
-                         "the others none): leave eta at 0")
     if name == 'ddpm': return DDPMSampler(schedule, steps, **spacing)
-    if name == 'flow_euler':
-        if spacing: raise ValueError(f"{' and '.join(spacing)} do not apply to 'flow_euler': it spaces its levels evenly in t and moves "
-                                     "them by the FlowSchedule's shift (leave them unset)")
-        return FlowMatchEulerSampler(schedule, steps)
+    if name == 'flow_euler': return FlowMatchEulerSampler(schedule, steps)
     karras = name.endswith('_karras')
     return SAMPLERS[name.removesuffix('_karras')](schedule, steps, karras=karras, **spacing)

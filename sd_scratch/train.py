@@ -7,16 +7,52 @@ from __future__ import annotations
 import json, math, os, copy, warnings, zlib, dataclasses
 from dataclasses import dataclass, field, asdict
 from pathlib import Path
-import torch, torch.nn as nn
+import torch, torch.nn as nn, torch.nn.functional as F
 from .core import *
 from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import Trainer` keeps working
 
 # %% auto #0
-__all__ = ['TOY_UNET', 'RECIPES', 'RUN_FILES', 'BOOKKEEPING', 'RunConfig', 'with_base', 'load_run_config', 'build_model',
-           'init_unet_path', 'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders',
-           'shapes_latent_cache', 'latent_cache_from_shards', 'build_data', 'check_data_origin', 'read_latents',
-           'latent_folder', 'split_validation', 'RunFolder', 'TrainingInterrupted', 'export_lora', 'export_pipeline',
-           'train_run']
+__all__ = ['TOY_UNET', 'RECIPES', 'RUN_FILES', 'BOOKKEEPING', 'TinyConvConfig', 'TinyNoisePredictor', 'random_latent_cache',
+           'RunConfig', 'with_base', 'load_run_config', 'build_model', 'init_unet_path', 'hash_text_encoder',
+           'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards',
+           'build_data', 'check_data_origin', 'read_latents', 'latent_folder', 'split_validation',
+           'TrainingInterrupted', 'recipe_diff', 'export_lora', 'export_pipeline', 'train_run']
+
+# %% ../nbs/07c_recipes.ipynb #4bcbc1bc
+@dataclass
+class TinyConvConfig:
+    "A few-thousand-parameter noise predictor for tests and demos of the training machinery (not a UNet)."
+    latent_channels:int = 4   # C of the latents
+    hidden:int = 32           # conv width
+    context_dim:int = 16      # D of the text contexts
+
+    def __post_init__(self):
+        for k in ('latent_channels', 'hidden', 'context_dim'): check_positive_int(getattr(self, k), f'TinyConvConfig: {k}')
+
+class TinyNoisePredictor(SavesWeights, nn.Module):
+    "conv -> (+ time and pooled-text embeddings) -> conv -> conv: the `model(z_t, t, context)` call of the UNet, in milliseconds."
+    config_class = TinyConvConfig
+    def __init__(self, cfg:TinyConvConfig|None=None):
+        super().__init__()
+        self.cfg = cfg = cfg or TinyConvConfig()
+        self.conv_in = nn.Conv2d(cfg.latent_channels, cfg.hidden, 3, padding=1)
+        self.time = nn.Linear(1, cfg.hidden)
+        self.text = nn.Linear(cfg.context_dim, cfg.hidden)
+        self.mid = nn.Conv2d(cfg.hidden, cfg.hidden, 3, padding=1)
+        self.conv_out = nn.Conv2d(cfg.hidden, cfg.latent_channels, 3, padding=1)
+
+    def forward(self, z, t, context):
+        t = torch.as_tensor(t, device=z.device).float().expand(len(z)).view(-1, 1) / 1000   # (B,) -> (B, 1)
+        h = self.conv_in(z) + (self.time(t) + self.text(context.mean(1)))[..., None, None]   # (B, hidden, h, w)
+        return self.conv_out(F.silu(self.mid(F.silu(h))))
+
+def random_latent_cache(n:int=64, latent_size:int=8, n_captions:int=8, context_len:int=6, context_dim:int=16,
+                        seed:int=0) -> LatentCache:
+    "A synthetic `LatentCache` (random latents and contexts; the empty prompt's context is zeros) for tests; deterministic by seed."
+    g = torch.Generator().manual_seed(seed)
+    return LatentCache(torch.randn(n, 4, latent_size, latent_size, generator=g), torch.arange(n) % n_captions,
+                       [f"caption {i}" for i in range(n_captions)], torch.randn(n_captions, context_len, context_dim, generator=g),
+                       torch.zeros(context_len, context_dim))
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
 @dataclass
@@ -66,9 +102,7 @@ class RunConfig:
         held_out = bool(v or self.val_data)
         need(held_out == bool(self.train_config().val_every), "a validation loss needs both held-out data (val_fraction or val_data) "
              f"and train.val_every > 0; got val_fraction={v}, val_data={self.val_data!r}, val_every={self.train_config().val_every}")
-        for k in ('n_images', 'image_size', 'nproc'):
-            v = getattr(self, k)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive int, got {v!r}")
+        for k in ('n_images', 'image_size', 'nproc'): check_positive_int(getattr(self, k), f'RunConfig: {k}')
         need(self.image_size % 8 == 0, f"image_size must be a multiple of 8, got {self.image_size}")
         need(isinstance(self.loader_workers, int) and self.loader_workers >= 0, f"loader_workers must be an int >= 0")
         need(isinstance(self.replay, int) and not isinstance(self.replay, bool) and self.replay >= 0, f"replay must be an int >= 0, got {self.replay!r}")
@@ -84,8 +118,7 @@ class RunConfig:
         need(isinstance(self.lora, dict), f"lora must be a dict of inject_lora arguments, got {self.lora!r}")
         if self.lora:
             need(self.init_unet is not None, "lora adapts a trained UNet: set init_unet ('toy' or a weights file)")
-            unknown = sorted(set(self.lora) - {'rank', 'alpha', 'targets', 'only'})
-            need(not unknown, f"unknown lora keys {unknown}; valid keys are: rank, alpha, targets, only")
+            refuse_unknown_keys(self.lora, ['rank', 'alpha', 'targets', 'only'], 'lora keys')
             need(self.train_config().ema_decay == 0, "lora runs export the adapters as trained: set train.ema_decay to 0")
         self.train_config()                                   # validates the training fields now, not after model building
         self.model_config_object()
@@ -94,9 +127,7 @@ class RunConfig:
         "The model's config dataclass (`UNetConfig` / `TinyConvConfig`), refusing unknown or bad fields by name."
         if self.model == 'tiny_conv': cls = TinyConvConfig
         else: from sd_scratch.unet import UNetConfig as cls
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(k for k in self.model_config if k not in names)
-        if unknown: raise ValueError(f"RunConfig: unknown model_config keys for {cls.__name__}: {unknown}; valid keys are: {', '.join(names)}")
+        refuse_unknown_keys(self.model_config, [f.name for f in dataclasses.fields(cls)], f'model_config keys for {cls.__name__}')
         try: return cls(**self.model_config)
         except (TypeError, ValueError) as e: raise ValueError(f"RunConfig: model_config does not make a {cls.__name__}: {e}") from None
 
@@ -110,9 +141,7 @@ class RunConfig:
     def from_dict(cls, d:dict) -> RunConfig:
         "A recipe from a dict, refusing keys that are not fields."
         if not isinstance(d, dict): raise ValueError(f"a recipe must be a JSON object (dict), got {type(d).__name__}")
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(k for k in d if k not in names)
-        if unknown: raise ValueError(f"unknown RunConfig keys: {unknown}; valid keys are: {', '.join(names)}")
+        refuse_unknown_keys(d, [f.name for f in dataclasses.fields(cls)], 'RunConfig keys')
         return cls(**d)
 
 # %% ../nbs/07c_recipes.ipynb #f9857d50
@@ -363,42 +392,6 @@ def split_validation(run:RunConfig, data, enc:Encoders) -> tuple:
     if len(data) < 2: raise ValueError(f"val_fraction: {len(data)} latent cannot be split into training and held-out data")
     return data.split(min(len(data) - 1, max(1, round(len(data) * run.val_fraction))), seed=run.data_seed)
 
-# %% ../nbs/07c_recipes.ipynb #304b92b7
-def _alive(pid:int) -> bool:
-    try: os.kill(pid, 0)
-    except ProcessLookupError: return False
-    except PermissionError: return True
-    return True
-
-class RunFolder:
-    "A run folder belongs to one run at a time: `.lock` holds the owner's process id; a lock whose owner died is taken over."
-    def __init__(self, path): self.path = Path(path); self.lock = self.path/'.lock'; self.held = False
-
-    def acquire(self) -> RunFolder:
-        "Take the folder, or raise `FileExistsError` naming the live run that has it; then remove temporary files a killed run left."
-        self.path.mkdir(parents=True, exist_ok=True)
-        while not self.held:
-            try:
-                fd = os.open(self.lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
-                with os.fdopen(fd, 'w') as f: f.write(str(os.getpid()))
-                self.held = True
-            except FileExistsError:
-                try: pid = int(self.lock.read_text().strip() or 0)
-                except (OSError, ValueError): pid = 0
-                if pid and pid != os.getpid() and _alive(pid):
-                    raise FileExistsError(f"{self.path} is in use by another training run (process {pid}); wait for it, or use "
-                                          f"another folder (if no such run exists, delete {self.lock})") from None
-                try: self.lock.unlink()                                # its owner is gone: a stale lock
-                except FileNotFoundError: pass
-        for tmp in [*self.path.glob('.*.tmp'), *self.path.glob('samples/.*.tmp')]: tmp.unlink(missing_ok=True)
-        return self
-
-    def release(self):
-        if self.held and self.lock.exists(): self.lock.unlink(missing_ok=True)
-        self.held = False
-    def __enter__(self): return self.acquire()
-    def __exit__(self, *exc): self.release()
-
 # %% ../nbs/07c_recipes.ipynb #02441680
 RUN_FILES = ('checkpoint.safetensors', 'run_config.json', 'log.jsonl', 'unet.safetensors', 'model.safetensors', 'lora.safetensors',
              'lora_kohya.safetensors', 'sd.safetensors', 'diffusers', 'samples')   # a folder holding any of them is a run folder
@@ -417,10 +410,8 @@ def _resolved(d:dict) -> dict:
     return d
 
 def _same_recipe(saved:dict, run:RunConfig) -> bool:
-    "Whether a saved recipe is `run`'s, resolved, bookkeeping fields aside (what `--resume` may change)."
-    def core(d): return ({k: v for k, v in d.items() if k != 'train' and k not in BOOKKEEPING['run']},
-                         {k: v for k, v in d.get('train', {}).items() if k not in BOOKKEEPING['train']})
-    return core(_resolved(saved)) == core(_resolved(json.loads(json.dumps(asdict(run)))))
+    "Whether a saved recipe is `run`'s (`recipe_diff` finds nothing)."
+    return not recipe_diff(saved, run)
 
 def _check_device(device:str):
     "Refuse a device this machine lacks ('cuda' without a CUDA GPU, 'cuda:3' of two) or one that holds no numbers ('meta'), by name."
@@ -438,9 +429,8 @@ def _check_run_start(run:RunConfig, out_dir:Path, resume:bool):
     ckpt = out_dir/'checkpoint.safetensors'
     if resume: return _check_checkpoint_config(ckpt, run)
     found = [f for f in RUN_FILES if (out_dir/f).exists()]
-    try: pid = int((out_dir/'.lock').read_text().strip() or 0)
-    except (OSError, ValueError): pid = 0
-    if not found or (pid and pid != os.getpid() and _alive(pid)): return   # (a live run holds it: \`RunFolder\` names it)
+    pid = lock_owner(out_dir)
+    if not found or (pid and pid != os.getpid() and process_alive(pid)): return   # (a live run holds it: \`RunFolder\` names it)
     try: saved = json.loads((out_dir/'run_config.json').read_text())
     except (OSError, ValueError, RecursionError): saved = None
     if saved is not None and _same_recipe(saved, run) and set(found) <= {'run_config.json', 'log.jsonl', 'samples'}:
@@ -454,8 +444,7 @@ def _check_checkpoint_config(ckpt:Path, run:RunConfig):
     try:
         with safe_open(str(ckpt), framework='pt') as f: saved = json.loads((f.metadata() or {}).get('train_config') or '{}')
     except Exception: return                                            # unreadable: load_checkpoint says why
-    saved, now = _resolved({'train': saved})['train'], json.loads(run.train_config().to_json())
-    diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if k not in BOOKKEEPING['train'] and saved.get(k) != now.get(k)}
+    diff = recipe_diff({'train': saved}, run)
     if diff: raise ValueError(f"--resume: {ckpt} was trained with another training config; differing fields (checkpoint, now): {diff}. "
                               "Resume with the recipe the run started with, or start a new run in another folder")
 
@@ -495,15 +484,25 @@ BOOKKEEPING = dict(train=('log_every', 'ckpt_every', 'sample_every', 'sample_pro
                          'channels_last', 'compile', 'val_every', 'val_timesteps'),
                    run=('name', 'nproc', 'loader_workers'))   # what a resumed run may change (a longer run is announced)
 
-def _check_resume(saved:dict, run:RunConfig):
-    "Refuse to resume a run with another recipe than the one it started with (bookkeeping fields aside)."
+def recipe_diff(saved:dict, # a recipe as saved (`run_config.json`), or {'train': ...} (a checkpoint records only that)
+                run:RunConfig # the recipe now
+               ) -> dict:
+    "What differs between a saved recipe and `run`, as {field: (saved, now)} ('train.' before training fields), bookkeeping fields aside (`BOOKKEEPING`: what a resumed run may change) and defaults filled in (a default spelled out is no change)."
     now = json.loads(json.dumps(asdict(run)))
-    saved = {**{k: v for k, v in json.loads(json.dumps(asdict(RunConfig()))).items() if k != 'train'}, **saved}   # fields added since: their defaults
-    saved, now = _resolved(saved), _resolved(now)                      # a default spelled out is no change
-    diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now)) if k != 'train' and k not in BOOKKEEPING['run'] and saved.get(k) != now.get(k)}
-    st, nt = saved.get('train', {}), now['train']
+    if set(saved) == {'train'}: now = {'train': now['train']}           # a checkpoint's copy: its training fields only
+    else: saved = {**{k: v for k, v in json.loads(json.dumps(asdict(RunConfig()))).items() if k != 'train'}, **saved}   # fields added since
+    saved, now = _resolved(saved), _resolved(now)
+    diff = {k: (saved.get(k), now.get(k)) for k in sorted(set(saved) | set(now))
+            if k != 'train' and k not in BOOKKEEPING['run'] and saved.get(k) != now.get(k)}
+    st, nt = saved.get('train', {}), now.get('train', {})
     diff.update({f'train.{k}': (st.get(k), nt.get(k)) for k in sorted(set(st) | set(nt))
                  if k not in BOOKKEEPING['train'] and st.get(k) != nt.get(k)})
+    return diff
+
+def _check_resume(saved:dict, run:RunConfig):
+    "Refuse to resume a run with another recipe than the one it started with (`recipe_diff`); announce a changed number of steps."
+    diff = recipe_diff(saved, run)
+    st, nt = _resolved(saved).get('train', {}), _resolved(json.loads(json.dumps(asdict(run))))['train']
     if st.get('steps') != nt.get('steps'):
         print(f"resuming with steps={nt.get('steps')} (the run started with {st.get('steps')}): the learning-rate schedule changes from here")
     if diff: raise ValueError(f"--resume with another recipe than the run was started with; differing fields (run, now): {diff}. "

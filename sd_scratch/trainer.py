@@ -17,8 +17,7 @@ _all_ = ['min_snr_weight', 'diffusion_loss']   # `from sd_scratch.trainer import
 # %% auto #0
 __all__ = ['CHECKPOINT_FORMAT', 'RUNTIME_FIELDS', 'TrainConfig', 'lr_at', 'unwrap', 'EMA', 'LatentCache', 'build_latent_cache',
            'step_generator', 'add_offset_noise', 'draw_noise', 'draw_batch', 'make_optimizer', 'train_step',
-           'validation_loss', 'Trainer', 'read_log', 'plot_loss_curve', 'LiveLossPlot', 'TinyConvConfig',
-           'TinyNoisePredictor', 'random_latent_cache', 'min_snr_weight', 'diffusion_loss']
+           'validation_loss', 'Trainer', 'read_log', 'min_snr_weight', 'diffusion_loss']
 
 # %% ../nbs/07_training.ipynb #bd6c1655
 @dataclass
@@ -78,8 +77,7 @@ class TrainConfig:
         def need(ok, msg):
             if not ok: raise ValueError(f"TrainConfig: {msg}")
         for k in ('num_train_timesteps', 'steps', 'batch_size', 'grad_accum_steps', 'sample_steps', 'val_timesteps'):
-            v = getattr(self, k)
-            need(isinstance(v, int) and not isinstance(v, bool) and v >= 1, f"{k} must be a positive int, got {v!r}")
+            check_positive_int(getattr(self, k), f'TrainConfig: {k}')
         for k in ('warmup_steps', 'log_every', 'ckpt_every', 'sample_every', 'val_every', 'seed'):
             v = getattr(self, k)
             need(isinstance(v, int) and not isinstance(v, bool) and v >= 0, f"{k} must be an int >= 0, got {v!r}")
@@ -136,9 +134,7 @@ class TrainConfig:
     def from_dict(cls, d:dict # field name -> value; unknown names are an error
                  ) -> TrainConfig:
         "A config from a dict, refusing keys that are not fields (they would be silently ignored otherwise)."
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(k for k in d if k not in names)
-        if unknown: raise ValueError(f"unknown TrainConfig keys: {unknown}; valid keys are: {', '.join(names)}")
+        refuse_unknown_keys(d, [f.name for f in dataclasses.fields(cls)], 'TrainConfig keys')
         return cls(**d)
 
     @classmethod
@@ -611,100 +607,3 @@ class Trainer:
 def read_log(path) -> list:
     "The records of a JSONL metrics log."
     return [json.loads(l) for l in Path(path).read_text().splitlines() if l.strip()]
-
-def plot_loss_curve(records:list, # metrics records (from `read_log` or `Trainer.history`)
-                    smooth:float=0.9, # EMA smoothing of the plotted curve (0: none)
-                    ax=None, title:str|None=None):
-    "Plot the loss per step (faint), its exponential moving average (bold) and the validation loss where logged (dots); returns the axes."
-    if ax is None:
-        import matplotlib.pyplot as plt
-        _, ax = plt.subplots(figsize=(5, 3), dpi=60)
-    steps, losses = [r['step'] for r in records], [r['loss'] for r in records]
-    ax.plot(steps, losses, alpha=0.3, lw=0.8, label='loss')
-    if smooth and losses:
-        s, avg = losses[0], []
-        for l in losses: s = smooth * s + (1 - smooth) * l; avg.append(s)
-        ax.plot(steps, avg, lw=1.8, label=f'EMA {smooth}')
-    val = [(r['step'], r['val_loss']) for r in records if 'val_loss' in r]
-    if val: ax.plot(*zip(*val), 'o-', ms=3, lw=1.5, label='validation')
-    ax.set_xlabel('step'); ax.set_ylabel('loss'); ax.legend()
-    if title: ax.set_title(title)
-    return ax
-
-class LiveLossPlot:
-    "A loss curve that redraws in place while a run trains: pass it as `progress` to `Trainer` or `train_run`."
-    def __init__(self, every:int=25, # redraw after every this many steps (and once more when `fit` returns)
-                 smooth:float=0.9, # as in `plot_loss_curve`
-                 title:str='training loss', # the plot's title (the last step and loss are added)
-                 figsize:tuple=(5, 3), dpi:int=60):
-        if not isinstance(every, int) or isinstance(every, bool) or every < 1: raise ValueError(f"every must be a positive int, got {every!r}")
-        self.every, self.smooth, self.title, self.figsize, self.dpi = every, smooth, title, figsize, dpi
-        self.records, self.draws, self.drawn, self.fig, self.ax, self.handle = [], 0, 0, None, None, None
-
-    def __call__(self, rec:dict # one step's metrics (`step`, `loss`, ...), as the trainer logs them
-                ):
-        "Take one step's record; redraw every `every` records."
-        self.records.append(rec)
-        if len(self.records) % self.every == 0: self.draw()
-
-    def done(self):
-        "Draw what is not drawn yet (the trainer calls this when `fit` returns or stops)."
-        if self.records and self.drawn != len(self.records): self.draw()
-
-    def draw(self):
-        "Plot every record so far and show it in place of the previous drawing (only where IPython displays: a notebook, `nbdev_test`)."
-        from matplotlib.figure import Figure                  # not pyplot: no window, and no second copy at the end of the cell
-        self.fig = Figure(figsize=self.figsize, dpi=self.dpi)
-        last = self.records[-1]
-        self.ax = plot_loss_curve(self.records, self.smooth, ax=self.fig.subplots(),
-                                  title=f"{self.title}: step {last['step'] + 1}, loss {last['loss']:.4f}" +
-                                        next((f", val {r['val_loss']:.4f}" for r in reversed(self.records) if 'val_loss' in r), ''))
-        self.draws, self.drawn = self.draws + 1, len(self.records)
-        try:
-            from IPython import get_ipython
-            from IPython.display import Image, display
-        except ImportError: return
-        if get_ipython() is None: return                      # a plain script: the log and the tqdm bar report progress there
-        buf = io.BytesIO(); self.fig.savefig(buf, format='png')
-        img = Image(data=buf.getvalue())
-        if self.handle is None: self.handle = display(img, display_id=True)
-        else: self.handle.update(img)
-
-
-# %% ../nbs/07_training.ipynb #79ac6f8e
-@dataclass
-class TinyConvConfig:
-    "A few-thousand-parameter noise predictor for tests and demos of the training machinery (not a UNet)."
-    latent_channels:int = 4   # C of the latents
-    hidden:int = 32           # conv width
-    context_dim:int = 16      # D of the text contexts
-
-    def __post_init__(self):
-        for k in ('latent_channels', 'hidden', 'context_dim'):
-            v = getattr(self, k)
-            if not isinstance(v, int) or isinstance(v, bool) or v < 1: raise ValueError(f"TinyConvConfig: {k} must be a positive int, got {v!r}")
-
-class TinyNoisePredictor(SavesWeights, nn.Module):
-    "conv -> (+ time and pooled-text embeddings) -> conv -> conv: the `model(z_t, t, context)` call of the UNet, in milliseconds."
-    config_class = TinyConvConfig
-    def __init__(self, cfg:TinyConvConfig|None=None):
-        super().__init__()
-        self.cfg = cfg = cfg or TinyConvConfig()
-        self.conv_in = nn.Conv2d(cfg.latent_channels, cfg.hidden, 3, padding=1)
-        self.time = nn.Linear(1, cfg.hidden)
-        self.text = nn.Linear(cfg.context_dim, cfg.hidden)
-        self.mid = nn.Conv2d(cfg.hidden, cfg.hidden, 3, padding=1)
-        self.conv_out = nn.Conv2d(cfg.hidden, cfg.latent_channels, 3, padding=1)
-
-    def forward(self, z, t, context):
-        t = torch.as_tensor(t, device=z.device).float().expand(len(z)).view(-1, 1) / 1000   # (B,) -> (B, 1)
-        h = self.conv_in(z) + (self.time(t) + self.text(context.mean(1)))[..., None, None]   # (B, hidden, h, w)
-        return self.conv_out(F.silu(self.mid(F.silu(h))))
-
-def random_latent_cache(n:int=64, latent_size:int=8, n_captions:int=8, context_len:int=6, context_dim:int=16,
-                        seed:int=0) -> LatentCache:
-    "A synthetic `LatentCache` (random latents and contexts; the empty prompt's context is zeros) for tests; deterministic by seed."
-    g = torch.Generator().manual_seed(seed)
-    return LatentCache(torch.randn(n, 4, latent_size, latent_size, generator=g), torch.arange(n) % n_captions,
-                       [f"caption {i}" for i in range(n_captions)], torch.randn(n_captions, context_len, context_dim, generator=g),
-                       torch.zeros(context_len, context_dim))

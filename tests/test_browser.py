@@ -11,7 +11,7 @@ reachable here), runs all cells and checks:
 
 Needs `apt-get install chromium` and `pip install playwright` (.ci/run does both). Where they are missing the test is
 skipped, unless SD_SCRATCH_REQUIRE_BROWSER=1 (set by .ci/run), which makes a missing browser a failure.
-Run one notebook by hand: `python tests/test_browser.py 06_cfg.ipynb`.
+Run one notebook by hand: `python tests/test_browser.py 06b_widgets.ipynb`.
 """
 from __future__ import annotations
 import json, os, shutil, socket, subprocess, sys, time, urllib.request
@@ -20,7 +20,7 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 CHROMIUM = shutil.which('chromium') or '/usr/bin/chromium'
-NOTEBOOKS = ['01_clip.ipynb', '05_ddpm_ddim.ipynb', '06_cfg.ipynb', '08_ddp.ipynb']
+NOTEBOOKS = ['01_clip.ipynb', '05_ddpm_ddim.ipynb', '06_cfg.ipynb', '06b_widgets.ipynb', '08_ddp.ipynb']
 CHROMIUM_ARGS = ['--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run', '--disable-background-networking',
                  '--disable-component-update', '--disable-sync', '--disable-dev-shm-usage']
 
@@ -168,13 +168,13 @@ def test_run_all_in_jupyterlab(browser, nb):
     n_widgets = sum(c['widgets'] for c in st['cells'])
     assert st['widgetErrors'] == 0, f"{nb}: a widget failed to render"
     assert st['drawn'] >= n_widgets, f"{nb}: {n_widgets} widget outputs but {st['drawn']} drawn"
-    if nb in ('01_clip.ipynb', '05_ddpm_ddim.ipynb', '06_cfg.ipynb'): assert n_widgets >= 1, f"{nb} should show its widgets"
+    if nb in ('01_clip.ipynb', '05_ddpm_ddim.ipynb', '06b_widgets.ipynb'): assert n_widgets >= 1, f"{nb} should show its widgets"
     assert _tracked_changes() == before, "running the notebook changed files in the repo"
     # the copy the server ran from holds no run folders or figures either: running wrote only to temporary folders
     assert not list((lab.root/'nbs').glob('runs')), "a notebook made a runs/ folder next to itself"
 
 
-if __name__ == '__main__':                        # python tests/test_browser.py 06_cfg.ipynb [...]
+if __name__ == '__main__':                        # python tests/test_browser.py 06b_widgets.ipynb [...]
     import tempfile
     from playwright.sync_api import sync_playwright
     with tempfile.TemporaryDirectory() as d, sync_playwright() as p:

@@ -32,12 +32,12 @@ def test_spacing_offset_and_rescale_reach_generate(tmp_path):
 
 @pytest.mark.parametrize('args,words', [
     (['--guidance-rescale', '1.5'], '--guidance-rescale must lie in [0, 1]'),
-    (['--guidance-rescale', 'nan'], '--guidance-rescale must lie in [0, 1]'),
+    (['--guidance-rescale', 'nan'], '--guidance-rescale must be a finite number'),
     (['--guidance', '1', '--guidance-rescale', '0.7'], 'guidance is off'),
     (['--spacing', 'uniform'], "invalid choice: 'uniform'"),
     (['--steps-offset', '-1'], '--steps-offset must be an integer >= 0'),
     (['--spacing', 'trailing', '--steps-offset', '1'], "shifts 'leading' timesteps only"),
-    (['--sampler', 'flow_euler', '--spacing', 'trailing'], 'do not apply to --sampler flow_euler'),
+    (['--sampler', 'flow_euler', '--spacing', 'trailing'], "--spacing do not apply to 'flow_euler'"),
     (['--sampler', 'flow_euler'], "'flow_euler' samples a flow-matching model"),     # the toy is an epsilon model
     (['--prediction-type', 'v_prediction'], "the toy model's UNet file, which says 'epsilon'"),
     (['--prediction-type', 'x0'], "invalid choice: 'x0'"),

@@ -133,7 +133,8 @@ def test_exported_unet_samples_with_the_objective_it_trained(tmp_path, objective
     "A UNet trained with an objective exports its schedule; `load_unet` gives it back, and the pipeline samples with it."
     import copy
     from sd_scratch.pipeline import StableDiffusion, load_unet
-    from sd_scratch.trainer import Trainer, random_latent_cache
+    from sd_scratch.trainer import Trainer
+    from sd_scratch.train import random_latent_cache
     toy = StableDiffusion.from_pretrained('toy')
     data = random_latent_cache(n=8, latent_size=4, n_captions=2, context_len=77, context_dim=toy.unet.cfg.cross_attention_dim)
     cfg = TrainConfig(objective=objective, steps=1, batch_size=2, device='cpu', **extra)

@@ -62,7 +62,7 @@ def test_img2img_runs(sd):
 
 @pytest.mark.parametrize('kw, msg', [
     (dict(steps=0), '>= 1'),
-    (dict(height=36, width=32), 'multiples of 8'),
+    (dict(height=36, width=32), 'height must be a positive multiple of 8'),
     (dict(height=32), 'both height and width'),
     (dict(sampler='euler_ancestral'), "unknown sampler 'euler_ancestral'; valid samplers: ddim, ddpm, euler"),
     (dict(sampler='euler', eta=0.5), "'euler' ignores it"),

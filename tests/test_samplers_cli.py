@@ -38,7 +38,7 @@ def test_euler_a_karras_image_to_image(tmp_path):
 @pytest.mark.parametrize('args,msg', [
     (['--sampler', 'euler_ancestral'], 'dpmpp_2m_karras'),          # argparse lists the valid names
     (['--sampler', 'ddim', '--karras'], '--karras applies to --sampler euler'),
-    (['--sampler', 'heun', '--eta', '0.5'], '--eta applies to --sampler ddim only'),
+    (['--sampler', 'heun', '--eta', '0.5'], "--eta applies to the 'ddim' sampler only"),
 ])
 def test_bad_sampler_arguments(args, msg, tmp_path):
     r = run('generate', '--prompt', 'x', '--out', str(tmp_path), *args)

@@ -189,7 +189,8 @@ def test_train_run_guards_its_folder(tmp_path):
 
 
 def test_run_folder_belongs_to_one_run(tmp_path):
-    from sd_scratch.train import RunFolder, train_run
+    from sd_scratch.core import RunFolder
+    from sd_scratch.train import train_run
     other = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)'])
     try:
         (tmp_path/'.lock').write_text(str(other.pid))                 # a live run holds the folder
