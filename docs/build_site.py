@@ -10,13 +10,16 @@ serve the folder (`python -m http.server -d _site`) to use the search box.
   `#| echo: false` shows only the outputs, `#| output: false` only the code, `#| hide_line` drops that line, and no
   `#|` line reaches the page. `show_doc(...)` cells show their saved output without the call.
 - Every public function and class that an `#| export` cell defines gets its `show_doc` card right after the cell, as
-  nbdev's own docs do (rendered by importing the library, which `nbdev_export` generated from these notebooks; the
+  nbdev's own docs do, with a [source] link to the lines that define it on the site's page of the module's source
+  (`src_<module>.html`: the library as nbdev_export writes it) (rendered by importing the library, which `nbdev_export` generated from these notebooks; the
   notebooks themselves are not run). Backticked names in the text link to their card, on any page, and a
   backticked lesson name (`04_unet`) to its page.
 - Figures are written next to the pages; links to other notebooks and to files of the repo (images/) are rewritten to
   the site's pages and copies; math is typeset in the browser by a MathJax 3 served from the site itself (the
   `django-static-mathjax` wheel ships its files), never from a CDN.
 - A live ipywidget cannot run on a static page: where a notebook shows one, the page says so and names the notebook.
+- benchmarks/README.md, the measurements page (figures, the machines they came from and their history, kept out of the
+  lessons), is a page of the site too, after the lessons.
 
 `--out DIR` writes elsewhere; `--keep-src DIR` keeps the generated Markdown and mkdocs.yml for inspection.
 """
@@ -26,6 +29,7 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
+MEASUREMENTS = REPO/'benchmarks'/'README.md'   # the measurements page: figures, the machines they came from, their history
 WIDGET_MIME = 'application/vnd.jupyter.widget-view+json'
 _re_ansi = re.compile(r'\x1B(?:[@-Z\\-_]|\[[0-?]*[ -/]*[@-~])')
 _re_directive = re.compile(r'^\s*#\|\s?(.*)$')
@@ -143,8 +147,8 @@ def anchor(name: str) -> str: return 'doc-' + name.replace('.', '-')
 # ---- show_doc cards ---------------------------------------------------------------------------------------------
 class Docs:
     "Render show_doc cards from the library the notebooks export (imported, never the notebooks run)."
-    def __init__(self, lib_name: str, git_url: str):
-        self.lib, self.git_url, self.mods = lib_name, git_url, {}
+    def __init__(self, lib_name: str, git_url: str, sources: 'Sources | None' = None):
+        self.lib, self.git_url, self.mods, self.sources = lib_name, git_url, {}, sources
 
     def card(self, module: str, name: str) -> str:
         from nbdev.showdoc import show_doc
@@ -153,14 +157,94 @@ class Docs:
         obj = eval(name, dict(self.mods[module]))                 # a dotted name found in the module: Cls.method
         with warnings.catch_warnings():
             warnings.simplefilter('ignore')
-            return show_doc(obj, name=name)._repr_markdown_()
+            md = show_doc(obj, name=name)._repr_markdown_()
+        return with_source_link(md, self.sources.link(obj) if self.sources else None)
+
+    def link(self, module: str | None, name: str) -> str | None:
+        "Where `name` (as a lesson's `show_doc(name)` cell names it) is defined on the site's source pages."
+        if not (module and self.sources): return None
+        if module not in self.mods:
+            try: self.mods[module] = vars(importlib.import_module(f'{self.lib}.{module}'))
+            except ImportError: return None
+        try: obj = eval(name, dict(self.mods[module]))
+        except Exception: return None
+        return self.sources.link(obj)
+
+
+def with_source_link(md: str, link: str | None) -> str:
+    "A show_doc card whose [source] link (if any) is replaced by `link` (none if None)."
+    md = re.sub(r'^\[source\]\([^)]*\)(\{[^}]*\})?\s*$', '', md, flags=re.M)
+    return md if link is None else f'[source]({link})\n\n' + md
+
+
+class Sources:
+    """The library's modules as pages of the site (`src_<module>.md`), cut at every top-level definition, so a show_doc
+    card's [source] link can lead to the lines that define the name: `sd_scratch/*.py` as nbdev_export writes them."""
+    def __init__(self, lib_name: str, lessons: dict):
+        self.lib, self.pkg = lib_name, REPO/lib_name
+        self.mods = sorted(p.stem for p in self.pkg.glob('*.py') if not p.stem.startswith('_'))
+        self.lessons = lessons                                    # module -> the lesson page that exports it
+        self.chunks = {m: self._chunks(self.pkg/f'{m}.py') for m in self.mods}
+
+    @staticmethod
+    def _chunks(path: Path) -> list[tuple[int, int, str | None]]:
+        "(first line, last line, the name it defines or None) of each top-level piece of a module, in order."
+        text = path.read_text(encoding='utf-8')
+        tree, n = ast.parse(text), len(text.splitlines())
+        starts = []
+        for node in tree.body:
+            first = min([node.lineno] + [d.lineno for d in getattr(node, 'decorator_list', [])])
+            name = None
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                name = (_patch_name(node) if not isinstance(node, ast.ClassDef) else None) or node.name
+            starts.append((first, name))
+        out, prev = [], 1
+        for (first, name), nxt in zip(starts, starts[1:] + [(n + 1, None)]):
+            if name is None: continue
+            if first > prev: out.append((prev, first - 1, None))
+            out.append((first, nxt[0] - 1, name)); prev = nxt[0]
+        if prev <= n: out.append((prev, n, None))
+        return out
+
+    @staticmethod
+    def page(mod: str) -> str: return f'src_{mod}.md'
+
+    @staticmethod
+    def anchor(name: str) -> str: return 'src-' + name.replace('.', '-')
+
+    def link(self, obj) -> str | None:
+        "`src_<module>.md#src-<name>` for the definition that holds `obj`'s first line (None for what is not ours)."
+        import inspect
+        try:
+            obj = inspect.unwrap(obj)                             # a @contextmanager's function, not contextlib's wrapper
+            f, line = Path(inspect.getsourcefile(obj)).resolve(), inspect.getsourcelines(obj)[1]
+        except (TypeError, OSError): return None
+        if f.parent != self.pkg.resolve() or f.stem not in self.chunks: return None
+        for first, last, name in self.chunks[f.stem]:
+            if name and first <= line <= last: return f'{self.page(f.stem)}#{self.anchor(name)}'
+        return self.page(f.stem)
+
+    def markdown(self, mod: str) -> str:
+        lines = (self.pkg/f'{mod}.py').read_text(encoding='utf-8').splitlines()
+        lesson = self.lessons.get(mod)
+        head = [f'---\ntitle: "sd_scratch.{mod}"\n---\n', f'# `sd_scratch/{mod}.py`\n',
+                'The module as `nbdev_export` writes it' + (f' from lesson [{lesson[:-3]}]({lesson})' if lesson else '') +
+                ': to change it, edit the notebook, not this file. Each definition below is what a `[source]` link on a '
+                'lesson page leads to.\n']
+        parts = []
+        for first, last, name in self.chunks[mod]:
+            code = '\n'.join(l for l in lines[first - 1:last] if not l.lstrip().startswith('#|')).strip('\n')   # (a notebook directive)
+            if not code.strip(): continue
+            if name: parts.append(f'### `{name}` {{ #{self.anchor(name)} }}\n')
+            parts.append(fence(code, 'python'))
+        return '\n'.join(head) + '\n' + '\n\n'.join(parts) + '\n'
 
 
 def fix_doc_markdown(md: str, name: str | None, git_url: str) -> str:
     "A show_doc card in Markdown -> the site's: an id on its heading, Quarto's link attributes dropped."
     # Quarto link attributes {target=... style=...}: the source link opens in place; a placeholder host is dropped
     md = re.sub(r'(\[source\]\([^)]*\))\{[^}]*\}', r'\1', md)
-    if '.invalid' in git_url: md = re.sub(r'^\[source\]\([^)]*\)\s*$', '', md, flags=re.M)
+    md = re.sub(r'^\[source\]\((?!src_)[^)]*\)\s*$', '', md, flags=re.M)   # only links to the site's own source pages
     md = re.sub(r'^---\s*$', '', md, count=1, flags=re.M)      # nbdev's leading rule (a setext trap in Markdown)
     if name:
         md = re.sub(r'^(#{2,4})\s+(\S+)\s*$', lambda m: f'{m.group(1)} {m.group(2)} {{ #{anchor(name)} .doc-title }}',
@@ -211,6 +295,7 @@ class Page:
         else: return url
         if f.suffix == '.ipynb' and f.stem in self.site.by_stem:
             return self.site.by_stem[f.stem]['md'] + (f'#{hash_}' if hash_ else '')
+        if f == MEASUREMENTS.resolve(): return 'measurements.md' + (f'#{hash_}' if hash_ else '')
         rel = f.relative_to(REPO).as_posix()
         self.site.copy_file(f, rel)
         return rel + (f'#{hash_}' if hash_ else '')
@@ -256,6 +341,7 @@ class Page:
         if WIDGET_MIME in data: return self.widget_note()
         if 'text/markdown' in data:
             md = data['text/markdown']
+            if shown_name and self.site.docs: md = with_source_link(md, self.site.docs.link(self.module, shown_name))
             if shown_name or md.lstrip().startswith('---'): return fix_doc_markdown(md, shown_name, self.site.git_url)
             return self.rewrite_links(md)
         for mime, ext in (('image/png', 'png'), ('image/jpeg', 'jpg'), ('image/gif', 'gif')):
@@ -320,7 +406,9 @@ class Site:
         self.lib = s.get('lib_name', 'sd_scratch')
         self.pages = discover(REPO/s.get('nbs_path', 'nbs'))
         self.by_stem = {p['stem']: p for p in self.pages}
-        self.docs = Docs(self.lib, self.git_url)
+        lessons = {m: p['md'] for p in self.pages if (m := default_exp(p['nb']))}
+        self.sources = Sources(self.lib, lessons)
+        self.docs = Docs(self.lib, self.git_url, self.sources)
         self.copied: set[str] = set()
         # every name that gets a show_doc card, and on which page: backticked names link to it from anywhere
         self.doc_index, self.shown, self.widget_makers = {}, {}, set()
@@ -345,10 +433,28 @@ class Site:
 
     def write(self):
         for p in self.pages: (self.src/p['md']).write_text(Page(p, self).markdown(), encoding='utf-8')
+        for m in self.sources.mods: (self.src/self.sources.page(m)).write_text(self.sources.markdown(m), encoding='utf-8')
+        if MEASUREMENTS.exists(): (self.src/'measurements.md').write_text(self.measurements(), encoding='utf-8')
         shutil.copytree(HERE/'assets', self.src/'assets')
         mathjax_assets(self.src/'assets'/'mathjax')
 
-    def nav(self) -> list: return [{nav_label(p): p['md']} for p in self.pages]
+    def measurements(self) -> str:
+        "benchmarks/README.md as a page: its links to benchmark files lead to copies in the site, to notebooks to their pages."
+        def target(m):
+            url = m.group(2)
+            if re.match(r'^[a-z][a-z0-9+.-]*:|^#', url, re.I): return m.group(0)
+            f = (MEASUREMENTS.parent/url.split('#')[0]).resolve()
+            if f.suffix == '.ipynb' and f.stem in self.by_stem: return m.group(1) + self.by_stem[f.stem]['md'] + ')'
+            if f.exists() and REPO in f.parents and f.suffix != '.md':
+                rel = f.relative_to(REPO).as_posix(); self.copy_file(f, rel); return m.group(1) + rel + ')'
+            return m.group(0)
+        md = MEASUREMENTS.read_text(encoding='utf-8')
+        return '---\ntitle: "Measurements"\n---\n\n' + re.sub(r'(\[[^\]]*\]\()([^)\s]+)\)', target, md)
+
+    def nav(self) -> list:
+        out = [{nav_label(p): p['md']} for p in self.pages]
+        if MEASUREMENTS.exists(): out.append({'Measurements': 'measurements.md'})
+        return out + [{'Library source': [{f'sd_scratch.{m}': self.sources.page(m)} for m in self.sources.mods]}]
 
 
 def mathjax_assets(dest: Path):

@@ -10,7 +10,9 @@ internet, and a page that needs a CDN fails the test. Checks, on every page:
 - no leftover `#|` directive, no raw widget JSON, no hidden cell's code;
 and for the course as a whole:
 - the navigation lists every lesson of nbs/*.ipynb in sorted order, each with its number and its first heading;
-- each exported public function and class has its show_doc card on its lesson's page;
+- each exported public function and class has its show_doc card on its lesson's page, with a [source] link that leads
+  to the lines defining it on the site's page of the module (`src_<module>.html`), and no page mentions example.invalid;
+- the measurements page (benchmarks/README.md) and the source pages are in the navigation and pass the same checks;
 - a widget is replaced by a note that says to open the notebook; the search box finds a word.
 A second test, without a browser, feeds cells with each nbdev / Quarto option (`hide`, `include: false`, `echo:
 false`, `output: false`, `hide_line`) through the builder and checks what reaches the page.
@@ -208,7 +210,8 @@ def _check_page(root: Path, server: Server, visit: Visit, name: str) -> dict:
 
 def test_every_page_offline_and_whole(site):
     root, server, visit = site
-    pages = ['index.html'] + [l['page'] for l in lessons()]
+    extra = sorted(p.name for p in root.glob('src_*.html')) + (['measurements.html'] if (REPO/'benchmarks'/'README.md').exists() else [])
+    pages = ['index.html'] + [l['page'] for l in lessons()] + extra
     problems, facts = {}, {}
     for name in pages:
         f = _check_page(root, server, visit, name)
@@ -221,17 +224,25 @@ def test_every_page_offline_and_whole(site):
 
     # the navigation: every lesson, in course order, with its number and its title
     nav = [(urllib.parse.urlsplit(n['href']).path.rsplit('/', 1)[-1], n['text']) for n in facts['index.html']['nav']]
-    nav_pages = [p for p, _ in nav if p.endswith('.html') and p != 'index.html']
+    nav_pages = [p for p, _ in nav if p.endswith('.html') and p != 'index.html' and p not in extra]
     assert nav_pages == [l['page'] for l in lessons()], f"navigation {nav_pages} != lessons in nbs/"
+    assert set(extra) <= {p for p, _ in nav}, f"the measurements page and the source pages are in the navigation: {extra}"
     for l in lessons():
         text = dict(nav)[l['page']]
         assert text.startswith(l['number']) and l['title'] in text, f"nav entry for {l['stem']}: {text!r}"
 
-    # show_doc cards, hidden cells, widgets
+    # no link on any page leads to a placeholder host (settings.ini's example.invalid once sat on every card)
+    dead = [n for n in pages if 'example.invalid' in (root/n).read_text(encoding='utf-8')]
+    assert not dead, f"pages that mention example.invalid: {dead}"
+
+    # show_doc cards (each with a [source] link to the lines that define it), hidden cells, widgets
     for l in lessons():
         f = facts[l['page']]
         missing = [n for n in l['exported'] if 'doc-' + n.replace('.', '-') not in f['ids']]
         assert not missing, f"{l['page']}: no show_doc card for {missing}"
+        html = (root/l['page']).read_text(encoding='utf-8')
+        cards, linked = html.count('class="doc-card"'), len(re.findall(r'<a href="src_\w+\.html#src-[\w-]+">source</a>', html))
+        assert linked >= cards, f"{l['page']}: {cards} show_doc cards, {linked} [source] links to the library's source pages"
         code = '\n'.join(f['code'])
         shown_hidden = [h[:80] for h in l['hidden'] if h in code]
         assert not shown_hidden, f"{l['page']}: hidden cells shown: {shown_hidden}"
