@@ -87,12 +87,12 @@ HISTORY = [
 ]
 
 
-_re_elsewhere = re.compile(r'(diffusers|transformers|pytorch|torch|github|peft|kohya)\S*\s*$', re.I)
+_re_elsewhere = re.compile(r'\b(diffusers|transformers|pytorch|torch|github|peft|kohya)\b', re.I)   # another project's issue
 
 def history_in(text: str) -> list[str]:
     "The history patterns found in a piece of lesson prose: ['a date: 2026-11-23', ...] (another project's issue is a citation)."
     return [f"{what}: {m.group(0)!r}" for pat, what in HISTORY for m in re.finditer(pat, text)
-            if not (what == 'an issue number' and _re_elsewhere.search(text[max(0, m.start() - 40):m.start()]))]
+            if not (what == 'an issue number' and _re_elsewhere.search(text[max(0, m.start() - 60):m.start()]))]
 
 
 @pytest.mark.parametrize('nb', sorted(NBS.glob('*.ipynb')), ids=lambda p: p.stem)
