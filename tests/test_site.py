@@ -92,7 +92,8 @@ def lessons() -> list[dict]:
                 for node in ast.parse(body).body:
                     if isinstance(node, (ast.FunctionDef, ast.ClassDef, ast.AsyncFunctionDef)) and not node.name.startswith('_'):
                         patched = [a.annotation.id for a in node.args.args[:1] if isinstance(getattr(a, 'annotation', None), ast.Name)] \
-                            if any(getattr(d_, 'id', '') == 'patch' for d_ in node.decorator_list) else []
+                            if any('patch' in (getattr(d_, 'id', ''), getattr(getattr(d_, 'func', None), 'id', ''))   # @patch, @patch(as_prop=True)
+                                   for d_ in node.decorator_list) else []
                         exported.append(f'{patched[0]}.{node.name}' if patched else node.name)
         widgets = sum('application/vnd.jupyter.widget-view+json' in o.get('data', {}) for c in cells for o in c.get('outputs', []))
         widgets += sum(1 for c in cells if c['cell_type'] == 'code' and not c.get('outputs') and _shows_widget(c['source']))
