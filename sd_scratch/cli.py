@@ -328,4 +328,4 @@ def main(argv:list|None=None):
 
 # %% ../nbs/09_cli.ipynb #57352f1e
 #| eval: false
-if __name__ == '__main__': main()   # `python -m sd_scratch.cli` (not run inside the notebook)
+if __name__ == '__main__' and '__file__' in globals(): main()   # `python -m sd_scratch.cli`, not a notebook's kernel (no __file__)
