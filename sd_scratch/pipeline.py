@@ -82,7 +82,7 @@ def check_generation(steps:int=50, guidance_scale:float=7.5, sampler:str='ddim',
                          "ignore it (leave it unset)")
     check_sampler_args(sampler, eta, timestep_spacing, steps_offset, names)
 
-# %% ../nbs/06_cfg.ipynb #91858b49
+# %% ../nbs/06_cfg.ipynb #ec1fa3d2
 SAMPLING_KEYS = ('timestep_spacing', 'steps_offset')   # what a checkpoint may ask of sampling (its prediction type lives in its schedule)
 
 def check_sampling_defaults(sampling:dict|None) -> dict:
@@ -156,7 +156,7 @@ class StableDiffusion:
             raise AttributeError(f"StableDiffusion.{name} is added by the LoRA lesson (07b): import its module, lora, first")
         raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
-# %% ../nbs/06_cfg.ipynb #6fad2d81
+# %% ../nbs/06_cfg.ipynb #bae83424
 @patch
 @torch.no_grad()
 def encode_prompt(self:StableDiffusion, prompts:list[str]) -> torch.Tensor:
@@ -179,7 +179,7 @@ def make_sampler(self:StableDiffusion,
     offset = self.sampling.get('steps_offset') if steps_offset is None else steps_offset
     return make_sampler(sampler, self.schedule, steps, eta, spacing, offset)
 
-# %% ../nbs/06_cfg.ipynb #b1da4031
+# %% ../nbs/06_cfg.ipynb #0db60efd
 @patch
 def _runner(self:StableDiffusion, part:str):
     "What sampling calls for 'unet' or 'vae' (its `decode`): the compiled callable if `compile` asked for one, else the module's own."
@@ -208,7 +208,7 @@ def guided_eps(self:StableDiffusion, z:torch.Tensor, # latents (B, C, h, w)
         guided = guidance_rescale * rescaled + (1 - guidance_rescale) * guided
     return guided
 
-# %% ../nbs/06_cfg.ipynb #ba429086
+# %% ../nbs/06_cfg.ipynb #cd005e2a
 def _available_memory() -> int|None:
     "Bytes the system can give a process now (Linux's MemAvailable: free memory plus reclaimable cache); None if unknown."
     try:
@@ -242,7 +242,7 @@ def _randn(self:StableDiffusion, shape, generator):
     gen_dev = generator.device if generator is not None else self.device
     return torch.randn(shape, generator=generator, device=gen_dev, dtype=self.dtype).to(self.device)
 
-# %% ../nbs/06_cfg.ipynb #a2954ca8
+# %% ../nbs/06_cfg.ipynb #5db8dfcf
 @patch
 def _init_latents(self:StableDiffusion, init_image, B:int, height, width, generator):
     "Encode the init image(s) to scaled latents (B, C, h, w), repeating one image over the batch."
@@ -283,7 +283,7 @@ def _start_latents(self:StableDiffusion, smp:Sampler, # a sampler whose `start` 
     self._check_memory(B, height, width)
     return self._randn((B, self.latent_channels, height // f, width // f), generator) * smp.init_noise_sigma
 
-# %% ../nbs/06_cfg.ipynb #5b49d379
+# %% ../nbs/06_cfg.ipynb #011fd47e
 @patch
 @torch.no_grad()
 def generate(self:StableDiffusion, prompt:str|list[str], # one prompt or a batch of prompts
@@ -347,7 +347,7 @@ def _not_finite_culprit(sd:StableDiffusion, guidance_scale:float, eta:float) -> 
     return "the model's weights or the inputs are broken" + (f", or the guidance scale ({guidance_scale:g}) is too large for this model"
                                                              if guidance_scale > 1 else '')
 
-# %% ../nbs/06_cfg.ipynb #4930d3d6
+# %% ../nbs/06_cfg.ipynb #816ecb20
 COMPILE_MODES = (None, 'default', 'reduce-overhead', 'max-autotune', 'max-autotune-no-cudagraphs')   # torch.compile's modes (inductor)
 
 def _check_cpp_compiler():
@@ -386,7 +386,7 @@ def compile(self:StableDiffusion, unet:bool=True, # sample through a compiled UN
     for part in parts: self._wrap(part)           # torch.compile's own checks speak now; kernels come at the first call
     return self
 
-# %% ../nbs/06_cfg.ipynb #35859846
+# %% ../nbs/06_cfg.ipynb #db9a85d7
 @patch
 def uncompile(self:StableDiffusion) -> StableDiffusion:
     "Sample eagerly again (the compiled callables are dropped; the modules were never changed)."
