@@ -233,7 +233,7 @@ def _torch_load_weights_only(path:Path) -> dict:
     except (RuntimeError, EOFError, OSError, ValueError) as e:
         raise CheckpointError(f"could not read {path} as a PyTorch checkpoint (truncated or corrupt download?): {e}") from None
 
-# %% ../nbs/06a_convert.ipynb #337db162
+# %% ../nbs/06a_convert.ipynb #2cd130bd
 def read_checkpoint(path # an SD single file: `.safetensors`, or `.ckpt` / `.pt` / `.pth`
                    ) -> tuple[dict, dict]:
     """The tensors of a checkpoint file (name -> tensor, on the CPU) and its metadata (safetensors' header strings, or the .ckpt's
@@ -284,7 +284,7 @@ def _check_ldm_schedule(state:dict, cfg:SDConfig, what:str):
                 if theirs[-1] < 1e-6 and not schedule.rescale_betas_zero_snr else '')
         raise CheckpointError(f"{what} was trained with another noise schedule than {cfg.schedule}{zero}; pass it in config.schedule")
 
-# %% ../nbs/06a_convert.ipynb #77fa2003
+# %% ../nbs/06a_convert.ipynb #db820a94
 def nets_from_ldm(state:dict, # single-file tensors (key -> tensor)
                   cfg:SDConfig|None=None, # the networks' shapes; default SD 1.x
                   use_ema:bool=True, # take the UNet's EMA weights (`model_ema.*`) when the file has them
@@ -432,7 +432,7 @@ def load_diffusers_folder(path # a local diffusers-format folder: unet/, vae/, t
     size = size * vae.cfg.downsample_factor if isinstance(size, int) else 512
     return StableDiffusion(tokenizer, text.eval(), vae.eval(), unet.eval(), schedule, default_size=size, sampling=sampling)
 
-# %% ../nbs/06a_convert.ipynb #5adfa331
+# %% ../nbs/06a_convert.ipynb #9261f33b
 def schedule_from_scheduler_config(c:dict, # a diffusers `scheduler_config.json`, read
                                    what='scheduler config' # how to name it in errors
                                   ) -> tuple:
@@ -523,7 +523,7 @@ def vae_config_to_diffusers(c:VAEConfig, # our VAE config
                 norm_num_groups=c.norm_num_groups, sample_size=sample_size, scaling_factor=c.scaling_factor,
                 mid_block_add_attention=c.mid_attention, use_quant_conv=True, use_post_quant_conv=True, force_upcast=True)
 
-# %% ../nbs/06a_convert.ipynb #73aa4658
+# %% ../nbs/06a_convert.ipynb #58b2c521
 def clip_config_to_transformers(c:CLIPTextConfig, # our text encoder's config
                                 dtype:str='float32' # the dtype its weights are stored in
                                ) -> dict:
@@ -604,7 +604,7 @@ def diffusers_folder_files(sd, # a `StableDiffusion`
         safety_checker=[None, None], feature_extractor=[None, None], image_encoder=[None, None], requires_safety_checker=False))
     return files
 
-# %% ../nbs/06a_convert.ipynb #b375ee62
+# %% ../nbs/06a_convert.ipynb #284fba9b
 def save_diffusers_folder(sd, # a `StableDiffusion`
                           path, # the folder to write: new, or empty
                           overwrite:bool=False, # True: also write into a non-empty folder, replacing our files there (others stay)
