@@ -463,9 +463,8 @@ def main(argv:list|None=None):
             print('; '.join(f"{s} {n}" for s, n in counts) + f": {counts[-1][1]} rows in {a.out}")
     except (ValueError, OSError, ImportError) as err: p.exit(2, f"{p.prog} {a.command}: error: {err}\n")
 
-# %% ../nbs/08a_data_chain.ipynb #ad69a4d7
-#| eval: false
-if __name__ == '__main__': main()
+# %% ../nbs/08a_data_chain.ipynb #9cd140da
+if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # python -m sd_scratch.data_chain (a notebook is __main__ too)
 
 # %% ../nbs/08a_data_chain.ipynb #e06c89a3
 RTX_5090_BF16_TFLOPS = 209.5   # dense bf16 tensor TFLOP/s (fp32 accumulate), the RTX 5090's spec-sheet figure: an assumption
