@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 import pyarrow.parquet as pq
-from sd_scratch.data_chain import (LaionFilter, URL_FAILURES, build_img2dataset_env, chain_commands, filter_table, img2dataset_stats,
+from sd_scratch.data_chain import (URL_FAILURES, build_img2dataset_env, chain_commands, filter_table, img2dataset_stats, main,
                                    read_filter_record, run_chain, serve_folder, synthetic_laion, write_site)
 
 
@@ -28,7 +28,7 @@ def cli(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, '-m', 'sd_scratch.data_chain', *map(str, args)], capture_output=True, text=True, timeout=300)
 
 
-def test_the_filter_command(tmp_path):
+def test_the_filter_command(tmp_path, capsys):
     "`python -m sd_scratch.data_chain synthetic` and `filter`: the counts of a plain-Python count; a second run does nothing; other tests are refused."
     r = cli('synthetic', tmp_path/'meta.parquet', '--rows', 300)
     assert r.returncode == 0 and 'SYNTHETIC' in r.stdout, r.stderr
@@ -38,18 +38,25 @@ def test_the_filter_command(tmp_path):
     assert r.returncode == 0, r.stderr
     assert [n for _, n in read_filter_record(tmp_path/'keep.parquet')['counts']] == counts
     assert pq.read_table(tmp_path/'keep.parquet').column('URL').to_pylist() == urls
+
+    def run(*args) -> tuple:                                                  # the same command in this process (quicker)
+        try: main([str(a) for a in args]); code = 0
+        except SystemExit as e: code = e.code
+        out = capsys.readouterr(); return code, out.out, out.err
     stamp = (tmp_path/'keep.parquet').stat().st_mtime_ns
-    again = cli('filter', tmp_path/'meta.parquet', tmp_path/'keep.parquet')
-    assert again.returncode == 0 and again.stdout == r.stdout and (tmp_path/'keep.parquet').stat().st_mtime_ns == stamp
-    other = cli('filter', tmp_path/'meta.parquet', tmp_path/'keep.parquet', '--min-aesthetic', 6)
-    assert other.returncode == 2 and 'other tests or sources' in other.stderr and 'Traceback' not in other.stderr, other.stderr
-    loose = cli('filter', tmp_path/'meta.parquet', tmp_path/'loose.parquet', '--min-aesthetic', 6, '--keep-duplicate-urls')
-    assert loose.returncode == 0, loose.stderr
+    code, out, _ = run('filter', tmp_path/'meta.parquet', tmp_path/'keep.parquet')
+    assert code == 0 and out == r.stdout and (tmp_path/'keep.parquet').stat().st_mtime_ns == stamp   # nothing done
+    code, _, err = run('filter', tmp_path/'meta.parquet', tmp_path/'keep.parquet', '--min-aesthetic', 6)
+    assert code == 2 and 'other tests or sources' in err and 'Traceback' not in err, err
+    code, _, err = run('filter', tmp_path/'meta.parquet', tmp_path/'loose.parquet', '--min-aesthetic', 6, '--keep-duplicate-urls')
+    assert code == 0, err
     record = read_filter_record(tmp_path/'loose.parquet')
     assert record['filter']['min_aesthetic'] == 6 and not record['filter']['unique_urls']
     assert [n for _, n in record['counts']] == plain_counts(rows, 6.0)[1][:-1]
-    bad = cli('filter', tmp_path/'nothing_here', tmp_path/'x.parquet')
-    assert bad.returncode == 2 and 'not found' in bad.stderr and 'Traceback' not in bad.stderr
+    code, _, err = run('filter', tmp_path/'nothing_here', tmp_path/'x.parquet')
+    assert code == 2 and 'not found' in err
+    code, _, err = run('filter', tmp_path/'meta.parquet', tmp_path/'y.parquet', '--min-side', 'big')
+    assert code == 2 and '--min-side' in err
 
 
 @pytest.mark.slow
