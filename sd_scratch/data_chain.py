@@ -59,7 +59,7 @@ def _captions(rng, n:int) -> list:
 
 # %% ../nbs/08a_data_chain.ipynb #d4189065
 def synthetic_laion(n:int=200, # rows (at least one per photo and broken kind: 12)
-                    base_url:str='http://127.0.0.1:8000', # where the site is served (`serve_folder` says)
+                    base_url:str='http://127.0.0.1:8000', # the site's address (what `serve_folder` yields)
                     seed:int=0 # same seed, same rows
                    ):
     """SYNTHETIC LAION-style metadata as a pyarrow Table with `LAION_COLUMNS`: every value made up, drawn like LAION's; URLs into
@@ -464,7 +464,7 @@ def main(argv:list|None=None):
     except (ValueError, OSError, ImportError) as err: p.exit(2, f"{p.prog} {a.command}: error: {err}\n")
 
 # %% ../nbs/08a_data_chain.ipynb #9cd140da
-if __name__ == '__main__' and 'ipykernel' not in sys.modules: main()   # python -m sd_scratch.data_chain (a notebook is __main__ too)
+if __name__ == '__main__' and 'get_ipython' not in globals(): main()   # python -m sd_scratch.data_chain (a notebook is __main__ too)
 
 # %% ../nbs/08a_data_chain.ipynb #e06c89a3
 RTX_5090_BF16_TFLOPS = 209.5   # dense bf16 tensor TFLOP/s (fp32 accumulate), the RTX 5090's spec-sheet figure: an assumption
