@@ -29,6 +29,7 @@ def execute(path: Path, timeout: int = 3600) -> float:
         seconds = time.time() - t0
     finally:
         os.environ.update(saved)
+    nb.metadata.pop('widgets', None)          # the widgets' saved state (base64 pictures): large, and stale the moment it is opened
     tmp = path.with_name(f'.{path.name}.tmp')
     nbformat.write(nb, tmp)
     os.replace(tmp, path)
