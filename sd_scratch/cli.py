@@ -7,6 +7,8 @@ from __future__ import annotations
 import argparse, contextlib, math, os, re, shlex, signal, sys
 from pathlib import Path
 from .core import check_positive_int
+from .sources import MAX_FILE_MB, ShardStats
+from .shards import encode_source
 from .schedulers import TIMESTEP_SPACINGS
 from .samplers import SAMPLER_NAMES
 from .objectives import OBJECTIVES
@@ -14,8 +16,8 @@ from .pipeline import check_generation
 from .train import RECIPES   # the registries: the choices and help below are read from them, never repeated
 
 # %% auto #0
-__all__ = ['GENERATE_FLAGS', 'check_generate_args', 'lora_arg', 'sampler_name', 'generate_parser', 'load_model', 'generate_main',
-           'train_parser', 'train_main', 'data_parser', 'data_main', 'main']
+__all__ = ['GENERATE_FLAGS', 'DATA_HELP', 'check_generate_args', 'lora_arg', 'sampler_name', 'generate_parser', 'load_model',
+           'generate_main', 'train_parser', 'train_main', 'data_parser', 'data_main', 'main']
 
 # %% ../nbs/09_cli.ipynb #2bfe0b6b
 GENERATE_FLAGS = dict(steps='--steps', guidance_scale='--guidance', sampler='--sampler', eta='--eta', seed='--seed', height='--height',
@@ -221,82 +223,114 @@ def train_main(a:argparse.Namespace) -> dict:
     if dist_env().is_main: print(json.dumps(res), flush=True)   # under torchrun, rank 0 speaks for all
     return res
 
+# %% ../nbs/09_cli.ipynb #0e579f91
+DATA_HELP = ("Pictures with captions -> latent shards that `sd_scratch train --data OUT` reads. Every picture format PIL opens is "
+             "read (JPEG, PNG, WebP, GIF, TIFF, BMP, ...), as it looks: EXIF orientation applied, 16-bit pixels scaled, transparency "
+             "composited on --background. Skipped, counted and named with the reason (the first few on screen, all in "
+             "OUT/data.json): no caption, too small, unreadable or truncated, over the size or pixel limit, other formats, links "
+             "leaving the source, FIFOs and devices. The same command again keeps what is still right and redoes what changed.")
+
+def _background(text:str) -> tuple:
+    "--background: white, black, or R,G,B."
+    named = dict(white=(255, 255, 255), black=(0, 0, 0))
+    if text in named: return named[text]
+    try:
+        rgb = tuple(int(v) for v in text.split(','))
+        if len(rgb) == 3 and all(0 <= v <= 255 for v in rgb): return rgb
+    except ValueError: pass
+    raise ValueError(f"--background must be white, black or R,G,B with each 0-255, got {text!r}")
+
+def _check_data_args(a:argparse.Namespace, size_multiple:int):
+    "Refuse what cannot work, in one line each, before anything is read or written."
+    if not str(a.out).strip(): raise ValueError("the output folder is an empty path")
+    if not Path(a.source).exists(): raise ValueError(f"source {a.source} does not exist")
+    for k in ('samples_per_shard', 'batch_size', 'max_file_mb'): check_positive_int(getattr(a, k), '--' + k.replace('_', '-'))
+    if a.size is not None and (a.size < 8 or a.size % size_multiple):
+        raise ValueError(f"--size must be a positive multiple of {size_multiple}, got {a.size}")
+    if a.min_size is not None and a.min_size < 1: raise ValueError(f"--min-size must be at least 1, got {a.min_size}")
+    if a.min_score is not None and not math.isfinite(a.min_score): raise ValueError(f"--min-score must be a finite number, got {a.min_score}")
+    o, s = Path(a.out).resolve(), Path(a.source).resolve()
+    if s.is_dir() and (o == s or s in o.parents): raise ValueError(f"{a.out} is inside the source {a.source}: write the data elsewhere")
+
 # %% ../nbs/09_cli.ipynb #c567eeb1
 def data_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentParser:
     "The arguments of `sd_scratch data`."
-    p = p or argparse.ArgumentParser(prog='sd_scratch data')
-    p.add_argument('source', help='a folder of images with captions (NAME.txt beside each, or metadata.jsonl / metadata.csv with file_name '
-                   'and text), a folder of img2dataset/WebDataset .tar shards, or one .tar file')
-    p.add_argument('out', help='the data folder to make: images/ (image shards), latents/ (what training reads), data.json')
-    p.add_argument('--checkpoint', default='toy', help="whose VAE encodes the images: 'toy' (default), an SD 1.x single file "
+    p = p or argparse.ArgumentParser(prog='sd_scratch data', description=DATA_HELP)
+    p.add_argument('source', help='a folder of pictures with captions (NAME.txt beside each, or metadata.jsonl / metadata.csv with '
+                   'file_name and text), a folder of img2dataset/WebDataset .tar shards, or one .tar file')
+    p.add_argument('out', help='the data folder to make: latents/ (what training reads) and data.json (what happened to every picture)')
+    p.add_argument('--checkpoint', default='toy', help="whose VAE encodes the pictures: 'toy' (default), an SD 1.x single file "
                    "or a diffusers folder")
-    p.add_argument('--size', type=int, default=None, help="image side after resizing and centre-cropping "
+    p.add_argument('--size', type=int, default=None, help="picture side after resizing and centre-cropping, a multiple of 8 "
                    "(default: the model's, e.g. 512 for SD 1.x)")
-    p.add_argument('--min-size', dest='min_size', type=int, default=None, help='skip images whose short side is smaller '
+    p.add_argument('--min-size', dest='min_size', type=int, default=None, help='skip pictures whose short side is smaller '
                    '(default: --size, no upscaling)')
     p.add_argument('--min-score', dest='min_score', type=float, default=None, help="skip samples whose metadata 'aesthetic' score is lower")
-    p.add_argument('--samples-per-shard', dest='samples_per_shard', type=int, default=1000, help='images per shard')
-    p.add_argument('--batch-size', dest='batch_size', type=int, default=16, help='images per VAE call')
+    p.add_argument('--background', default='white', help="what shows through transparent pixels: white (default), black, or R,G,B")
+    p.add_argument('--follow-links', dest='follow_links', action='store_true', help='read links whose target lies outside the '
+                   'source folder (refused and named by default)')
+    p.add_argument('--max-file-mb', dest='max_file_mb', type=int, default=MAX_FILE_MB, help=f'skip picture files larger than '
+                   f'this many MiB (default {MAX_FILE_MB})')
+    p.add_argument('--samples-per-shard', dest='samples_per_shard', type=int, default=1000, help='pictures per shard of a folder '
+                   '(a tar source keeps its own shards)')
+    p.add_argument('--batch-size', dest='batch_size', type=int, default=16, help='pictures per VAE call')
     p.add_argument('--no-progress', dest='progress', action='store_false', help='no progress bars')
     return p
 
-def _data_settings(a:argparse.Namespace, size:int) -> dict:
-    "What a data folder is made from: a re-run with the same settings continues it, other settings are refused."
-    ckpt = a.checkpoint if a.checkpoint == 'toy' else str(Path(a.checkpoint).resolve())
-    return dict(source=str(Path(a.source).resolve()), checkpoint=ckpt, size=size, min_size=a.min_size, min_score=a.min_score,
-                samples_per_shard=a.samples_per_shard)
-
 # %% ../nbs/09_cli.ipynb #21140994
+def _share(world:int):
+    "Rank 0's value to every process (and a meeting point): what `encode_source` calls between its steps."
+    import torch.distributed as dist
+    def share(v):
+        if world == 1: return v
+        box = [v]; dist.broadcast_object_list(box, src=0); return box[0]
+    return share
+
 def data_main(a:argparse.Namespace) -> dict:
-    """Run `sd_scratch data`: image shards, then latent shards, into one folder; a re-run continues it;
-    under torchrun each process encodes its share."""
-    import json, datetime
-    import torch, torch.distributed as dist
-    from sd_scratch.core import atomic_write_text
-    from sd_scratch.data import write_image_shards, encode_latent_shards, ShardStats
+    "Run `sd_scratch data`: the source's units encoded into OUT/latents, each process its own share; a re-run continues it."
+    import datetime, torch, torch.distributed as dist
     from sd_scratch.train import pipeline_encoders
-    src, out = Path(a.source), Path(a.out)
-    if not str(a.out).strip(): raise ValueError("the output folder is an empty path")
-    if not src.exists(): raise ValueError(f"source {src} does not exist")
-    for k in ('samples_per_shard', 'batch_size'): check_positive_int(getattr(a, k), '--' + k.replace('_', '-'))
     rank, world = int(os.environ.get('RANK', 0)), int(os.environ.get('WORLD_SIZE', 1))
+    _check_data_args(a, 8)
+    background = _background(a.background)
     if world > 1 and not dist.is_initialized(): dist.init_process_group('gloo', timeout=datetime.timedelta(hours=12))
-    sync = dist.barrier if world > 1 else (lambda: None)
-    sd = load_model(a.checkpoint)
-    size = a.size or sd.default_size
-    if size < 8 or size % sd.size_multiple: raise ValueError(f"--size must be a positive multiple of {sd.size_multiple}, got {size}")
-    settings, manifest = _data_settings(a, size), out/'data.json'
-    if rank == 0:
-        if manifest.exists():
-            old = json.loads(manifest.read_text()).get('settings', {})
-            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
-            if diff: raise ValueError(f"{out} was made with other settings (then, now): {diff}; "
-                                      "use another folder, or the same settings to continue it")
-        elif out.exists() and any(out.iterdir()):
-            raise ValueError(f"{out} is not empty and was not made by `sd_scratch data`: choose a new folder")
-        out.mkdir(parents=True, exist_ok=True)
-        atomic_write_text(manifest, json.dumps(dict(settings=settings, done=False), indent=1))
-        images = write_image_shards(src, out/'images', size=size, min_size=a.min_size, min_score=a.min_score,
-                                    samples_per_shard=a.samples_per_shard, progress=a.progress, resume=True)
-    sync()                                                           # the other processes wait for the image shards
-    device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu'
-    sd.unet = None; sd.vae.to(device)
-    latents = ShardStats()
-    encode_latent_shards(out/'images', out/'latents', pipeline_encoders(sd).encode_images, batch_size=a.batch_size, device=device,
-                         rank=rank, world_size=world, progress=a.progress, stats=latents)
-    sync()
-    res = dict(folder=str(out), latent_shards=len(list((out/'latents').glob('*.tar'))))
-    if rank == 0:
-        res.update(images=images.written + images.kept, skipped=images.skipped,
-                   why={k: v for k, v in vars(images).items() if k not in ('seen', 'written', 'kept', 'bad_shards') and v})
-        atomic_write_text(manifest, json.dumps(dict(settings=settings, done=True, image_stats=vars(images),
-                                                    latent_shards=res['latent_shards']), indent=1))
-        why = ', '.join(f"{k} {v}" for k, v in res['why'].items())
-        print(f"{res['images']} images ({images.kept} kept from an earlier run) in {out/'images'}; {res['skipped']} skipped" +
-              (f" ({why})" if why else '') + f"; {res['latent_shards']} latent shards in {out/'latents'}: "
-              f"train with --data {out}", flush=True)
-    if world > 1: dist.destroy_process_group()
+    try:
+        sd = load_model(a.checkpoint)
+        _check_data_args(a, sd.size_multiple)
+        device = f'cuda:{int(os.environ.get("LOCAL_RANK", 0))}' if torch.cuda.is_available() else 'cpu'
+        sd.unet = None; sd.vae.to(device)
+        ckpt = a.checkpoint if a.checkpoint == 'toy' else str(Path(a.checkpoint).resolve())
+        tok = sd.tokenizer
+        doc = encode_source(a.source, a.out, pipeline_encoders(sd).encode_images, size=a.size or sd.default_size, min_size=a.min_size,
+                            min_score=a.min_score, background=background, samples_per_shard=a.samples_per_shard,
+                            batch_size=a.batch_size, device=device, follow_links=a.follow_links, max_file_mb=a.max_file_mb,
+                            identity=dict(source=str(Path(a.source).resolve()), checkpoint=ckpt, samples_per_shard=a.samples_per_shard),
+                            count_tokens=lambda c: len(tok.encode(c)) + 2, max_tokens=tok.max_length,
+                            rank=rank, world_size=world, share=_share(world), progress=a.progress,
+                            say=print if rank == 0 else (lambda *_: None))
+    finally:
+        if world > 1 and dist.is_initialized(): dist.destroy_process_group()
+    st = doc['stats']
+    res = dict(folder=str(a.out), latent_shards=doc['latent_shards'], images=doc['images'], transparent=st['transparent'],
+               skipped=len(doc['skipped']), why={k: v for k, v in st.items() if v and k not in ShardStats._NOT_SKIPS},
+               long_captions=doc['long_captions'])
+    if rank == 0: print(_data_summary(a, res, doc), flush=True)
     return res
+
+def _data_summary(a:argparse.Namespace, res:dict, doc:dict) -> str:
+    "What `sd_scratch data` did, in a few lines: counts, the first skipped files and why, long captions, where to look."
+    lines = [f"{res['images']} pictures in {res['latent_shards']} latent shard{'s' * (res['latent_shards'] != 1)} in "
+             f"{Path(a.out)/'latents'}" + (f" ({res['transparent']} had transparency: on {a.background})" if res['transparent'] else '')]
+    if res['skipped']:
+        lines.append(f"{res['skipped']} skipped (" + ', '.join(f"{k} {v}" for k, v in res['why'].items()) + "):")
+        lines += [f"  {s['file']}: {s['reason']}" for s in doc['skipped'][:5]]
+        if res['skipped'] > 5: lines.append(f"  ... and {res['skipped'] - 5} more: every one is named in {Path(a.out)/'data.json'}")
+    lc = res['long_captions']
+    if lc['count']: lines.append(f"warning: {lc['count']} caption{'s' * (lc['count'] != 1)} are longer than the text encoder's "
+                                 f"context (the longest has {lc['longest']} tokens): training reads the first 77, e.g. "
+                                 f"{', '.join(lc['examples'][:3])}")
+    lines.append(f"train with --data {a.out}")
+    return '\n'.join(lines)
 
 # %% ../nbs/09_cli.ipynb #dfea8a73
 def _interrupted(a:argparse.Namespace, e:KeyboardInterrupt) -> str:

@@ -322,7 +322,13 @@ def lock_owner(folder) -> int:
 # %% ../nbs/00_core.ipynb #13e1ea9a
 class RunFolder:
     "A run folder belongs to one run at a time: `.lock` holds the owner's process id; a lock whose owner died is taken over."
-    def __init__(self, path): self.path = Path(path); self.lock = self.path/'.lock'; self.held = False
+    def __init__(self, path, # the folder
+                 temporaries:tuple=(), # what this kind of run writes (globs relative to the folder, e.g. 'samples/*.png'): a killed
+                                       # run's temporary copies of these files (`atomic_write`'s `.NAME.*.tmp`), and only these, go
+                 what:str='training run' # who holds the folder, for the message
+                ):
+        self.path, self.temporaries, self.what = Path(path), tuple(temporaries), what
+        self.lock, self.held = self.path/'.lock', False
 
     def acquire(self) -> RunFolder:
         "Take the folder, or raise `FileExistsError` naming the live run that has it; then remove temporary files a killed run left."
@@ -335,11 +341,13 @@ class RunFolder:
             except FileExistsError:
                 pid = lock_owner(self.path)
                 if pid and pid != os.getpid() and process_alive(pid):
-                    raise FileExistsError(f"{self.path} is in use by another training run (process {pid}); wait for it, or use "
+                    raise FileExistsError(f"{self.path} is in use by another {self.what} (process {pid}); wait for it, or use "
                                           f"another folder (if no such run exists, delete {self.lock})") from None
                 try: self.lock.unlink()                                # its owner is gone: a stale lock
                 except FileNotFoundError: pass
-        for tmp in [*self.path.glob('.*.tmp'), *self.path.glob('samples/.*.tmp')]: tmp.unlink(missing_ok=True)
+        for pattern in self.temporaries:                               # never a user's own .tmp file: only our names
+            folder, _, name = pattern.rpartition('/')
+            for tmp in (self.path/folder).glob(f'.{name}.*.tmp'): tmp.unlink(missing_ok=True)
         return self
 
     def release(self):
