@@ -56,7 +56,10 @@ def lora_arg(value:str # FILE or FILE:SCALE, as given to --lora
     head, sep, tail = value.rpartition(':')
     if sep and head:
         try: path, scale = head, float(tail)
-        except ValueError: path = value                           # a ':' that is part of the file name
+        except ValueError:                                        # a ':' that is part of the file name, or a scale that is no number
+            if Path(head).is_file() and not Path(value).is_file():
+                raise ValueError(f"--lora {value}: the scale {tail!r} is not a number (FILE:SCALE, e.g. {head}:0.8)") from None
+            path = value
     if not math.isfinite(scale): raise ValueError(f"--lora {value}: the scale must be a finite number, got {tail}")
     if not Path(path).is_file(): raise ValueError(f"--lora {value}: {path} is not a file")
     return Path(path), scale
@@ -340,8 +343,16 @@ def _interrupted(a:argparse.Namespace, e:KeyboardInterrupt) -> str:
     if getattr(e, 'checkpoint', None) is None:
         return f"\nsd_scratch train: interrupted; {a.out}/checkpoint.safetensors, if there is one, holds the last saved step\n"
     given = ''.join(f" --{k} {shlex.quote(str(getattr(a, k)))}" for k in ('data', 'checkpoint', 'steps') if getattr(a, k, None) is not None)
+    args = f"train --config {shlex.quote(str(a.config))}{given} --out {shlex.quote(str(a.out))} --resume"
     return (f"sd_scratch train: interrupted after step {e.step}; {e.checkpoint} holds every finished step. Continue with: "
-            f"sd_scratch train --config {shlex.quote(str(a.config))}{given} --out {shlex.quote(str(a.out))} --resume\n")
+            f"{_launcher()} {args}\n")
+
+def _launcher() -> str:
+    "How this process was started, to start the resumed run the same way: `torchrun ... -m sd_scratch.cli` under torchrun."
+    if 'TORCHELASTIC_RUN_ID' not in os.environ and 'LOCAL_WORLD_SIZE' not in os.environ: return 'sd_scratch'
+    nodes = int(os.environ.get('GROUP_WORLD_SIZE', 1))
+    return (f"torchrun --nproc_per_node {os.environ.get('LOCAL_WORLD_SIZE', os.environ.get('WORLD_SIZE', 1))}"
+            + (f" --nnodes {nodes}" if nodes > 1 else '') + " -m sd_scratch.cli")
 
 
 # %% ../nbs/09_cli.ipynb #6f0911c9

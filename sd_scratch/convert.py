@@ -10,7 +10,7 @@ from dataclasses import dataclass, asdict, field
 from pathlib import Path
 import torch
 from torch import nn
-from .core import load_state_strict
+from .core import load_state_strict, atomic_save_safetensors
 from .clip import CLIPTokenizer, CLIPTextConfig, CLIPTextEncoder, clip_from_transformers
 from .vae import VAEConfig, AutoencoderKL, vae_from_diffusers, vae_config_from_diffusers
 from .unet import UNetConfig, UNet2DCondition, unet_from_diffusers, unet_config_from_diffusers
@@ -386,12 +386,9 @@ def save_single_file(sd, # a `StableDiffusion`
     "Write `sd` as one original-layout SD checkpoint (safetensors; our config in its metadata), readable by other SD tools."
     path = Path(path)
     if path.suffix != '.safetensors': raise ValueError(f"save_single_file writes .safetensors only (no pickles); got {path.name}")
-    from safetensors.torch import save_file
     tensors = ldm_state_of(sd, dtype)
-    tmp = path.with_name(path.name + '.partial')
-    save_file(tensors, str(tmp), metadata={'format': 'pt', 'sd_scratch.config': sd_config_of(sd).to_json()})
-    os.replace(tmp, path)          # atomic: a crash never leaves a half-written file under the real name
-    return path
+    # atomic (a crash never leaves a half-written file under the real name), with a plain file's permissions (as other exports)
+    return atomic_save_safetensors(tensors, path, {'format': 'pt', 'sd_scratch.config': sd_config_of(sd).to_json()})
 
 # %% ../nbs/06a_convert.ipynb #32b6373a
 def _folder_weights(folder:Path, names:list[str]) -> dict:

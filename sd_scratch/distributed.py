@@ -164,14 +164,14 @@ class DistributedTrainer(Trainer):
 # %% ../nbs/08_ddp.ipynb #7cb38a96
 class LatentStream:
     "Latent shards read from disk as a trainer's data: each rank streams its own shards and encodes the captions as it goes."
-    def __init__(self, shards, # a folder of latent shards (`sd_scratch.data.encode_latent_shards`) or a list of paths
+    def __init__(self, shards, # a folder of latent shards (`sd_scratch.shards.encode_latent_shards`) or a list of paths
                  encode_text, # callable: list of captions -> (B, L, D) contexts (the frozen text encoder)
                  cfg:TrainConfig, # micro_batch_size (global), seed
                  env:DistEnv|None=None, # default: `dist_env()`
                  shuffle_buffer:int=1000, # samples shuffled within a buffer of this size
                  workers:int=2 # DataLoader workers per process
                 ):
-        from sd_scratch.data import LatentShardDataset
+        from sd_scratch.shards import LatentShardDataset
         self.env = env or dist_env()
         self.shards, self.encode_text, self.seed = shards, encode_text, cfg.seed
         self.shuffle_buffer, self.workers = shuffle_buffer, workers
@@ -187,7 +187,7 @@ class LatentStream:
 
     def micro_batches(self):
         "Endless micro-batches (latents, captions) of this rank, in an order fixed by the seed (pass `e` shuffles with seed + 1009 e)."
-        from sd_scratch.data import LatentShardDataset
+        from sd_scratch.shards import LatentShardDataset
         epoch = 0
         while True:
             ds = LatentShardDataset(self.shards, self.env.rank, self.env.world_size, self.shuffle_buffer,

@@ -403,12 +403,12 @@ def shapes_latent_cache(run:RunConfig, enc:Encoders) -> LatentCache:
     return build_latent_cache(torch.cat([d.tensors() for d in parts]), [c for d in parts for c in d.captions],
                               enc.encode_images, enc.encode_text)
 
-def latent_cache_from_shards(shards, # a folder of latent shards (`sd_scratch.data.encode_latent_shards`) or a list of paths
+def latent_cache_from_shards(shards, # a folder of latent shards (`sd_scratch.shards.encode_latent_shards`) or a list of paths
                              encode_text, # callable: list of captions -> (B, L, D) contexts
                              batch_size:int=64 # captions per `encode_text` call
                             ) -> LatentCache:
     "Read every latent shard into a `LatentCache` (every process holds all of it; `draw_batch` gives each its slice)."
-    from sd_scratch.data import LatentShardDataset
+    from sd_scratch.shards import LatentShardDataset
     lat, caps = [], []
     for z, c in LatentShardDataset(shards, rank=0, world_size=1): lat.append(z); caps.append(c)
     if not lat: raise ValueError(f"no samples in the latent shards {shards}")
@@ -437,14 +437,24 @@ def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded '
     return read_latents(run.data, enc, 'data')
 
 def check_data_origin(run:RunConfig, path):
-    "Warn when a `sd_scratch data` folder was encoded by another model's VAE than the recipe's: its latents would mean something else."
+    """Refuse a `sd_scratch data` folder that is not finished; warn when it was encoded by another model's VAE than the recipe's
+    (its latents would mean something else) and, once, when some of its captions are longer than the text encoder reads."""
     manifest = Path(path)/'data.json'
     if not manifest.is_file(): return
-    made_with = json.loads(manifest.read_text()).get('settings', {}).get('checkpoint')
+    doc = json.loads(manifest.read_text())
+    made_with, source = doc.get('settings', {}).get('checkpoint'), doc.get('settings', {}).get('source', 'SOURCE')
+    if doc.get('done') is False:
+        raise ValueError(f"{path} is not finished: the `sd_scratch data` that makes it stopped before its end (its data.json says "
+                         f"done: false). Run it again to finish it: sd_scratch data {source} {path}"
+                         + (f" --checkpoint {made_with}" if made_with and made_with != 'toy' else ''))
     ours = 'toy' if run.encoders == 'toy' else str(Path(run.sd_checkpoint).resolve()) if run.encoders == 'sd' else None
     if made_with and ours and made_with != ours:
         warnings.warn(f"{path} was encoded with the VAE of {made_with}, and this run's model is {ours}: if their VAEs differ, the "
                       f"latents do not fit; make the data again with `sd_scratch data ... --checkpoint {ours}`")
+    long = doc.get('long_captions') or {}
+    if long.get('count'):
+        print(f"note: {long['count']} caption{'s' * (long['count'] != 1)} of {path} are longer than the text encoder reads (the "
+              f"longest has {long['longest']} tokens): it trains on the first 77 tokens of each", flush=True)
 
 def read_latents(path, enc:Encoders, what:str='data') -> LatentCache:
     "A `LatentCache` file, a folder of latent shards, or a folder made by `sd_scratch data` (its `latents/`), read into memory."
@@ -491,7 +501,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
     if resume and saved_run.exists(): _check_resume(json.loads(saved_run.read_text()), run)
     _check_run_start(run, out_dir, resume)                             # another run's files, a missing device, the checkpoint's config
     if run.init_unet is not None: init_unet_path(run)                  # a missing start file: say so before encoding any data
-    folder = RunFolder(out_dir)
+    folder = RunFolder(out_dir, temporaries=RUN_FILES + ('samples/*.png', 'shapes_*.safetensors'))   # its own temporary files only
     if int(os.environ.get('RANK') or 0) == 0: folder.acquire()        # one run per folder (under torchrun, rank 0 holds it)
     try:
         enc = recipe_encoders(run)

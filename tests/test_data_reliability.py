@@ -4,8 +4,9 @@ from pathlib import Path
 import numpy as np, pytest, torch
 import webdataset as wds
 from PIL import Image
-from sd_scratch.data import (render_shape, iter_image_folder, iter_tar_shards, write_image_shards, encode_latent_shards,
-                             LatentShardDataset, ShardStats)
+from sd_scratch.data import render_shape
+from sd_scratch.sources import iter_image_folder, iter_tar_shards, ShardStats
+from sd_scratch.shards import write_image_shards, encode_latent_shards, LatentShardDataset
 
 COLOURS = ['red', 'green', 'blue', 'yellow', 'purple', 'orange', 'white', 'black']
 
@@ -57,7 +58,7 @@ def test_full_disk_keeps_finished_image_shards_whole(tmp_path):
         Image.fromarray(rng.integers(0, 256, (128, 128, 3), dtype=np.uint8)).save(src/f"b{i}.png"); (src/f"b{i}.txt").write_text(f"noise {i}")
     out = run_limited('''
         import sys
-        from sd_scratch.data import write_image_shards
+        from sd_scratch.shards import write_image_shards
         #LIMIT
         try: write_image_shards(sys.argv[1], sys.argv[2], size=128, samples_per_shard=4, progress=False); print('no error')
         except OSError as e: print('OSError:', e)
@@ -72,7 +73,7 @@ def test_full_disk_leaves_no_partial_latent_shard(tmp_path):
     write_image_shards(tmp_path/'src', tmp_path/'images', size=64, samples_per_shard=2, progress=False)
     out = run_limited('''
         import sys, torch
-        from sd_scratch.data import encode_latent_shards
+        from sd_scratch.shards import encode_latent_shards
         #LIMIT
         def big(x): return torch.randn(len(x), 4, 64, 64)                   # 64 KB per latent: more than the disk holds
         try: encode_latent_shards(sys.argv[1], sys.argv[2], big, rank=0, world_size=1, dtype=torch.float32, progress=False); print('no error')

@@ -81,7 +81,7 @@ def test_data_command(world):
     assert len(list((root/'data'/'latents').glob('*.tar'))) == 4
     manifest = json.loads((root/'data'/'data.json').read_text())
     assert manifest['done'] and manifest['settings']['size'] == 64 and manifest['image_stats']['written'] == 14
-    from sd_scratch.data import LatentShardDataset
+    from sd_scratch.shards import LatentShardDataset
     samples = list(LatentShardDataset(root/'data'/'latents', rank=0, world_size=1))
     assert len(samples) == 14 and samples[0][0].shape == (4, 32, 32)                # the small VAE halves: 64 px -> 32x32
     assert all(torch.isfinite(z).all() and z.std() > 0.01 for z, _ in samples)
@@ -102,7 +102,7 @@ def test_data_command_resumes_and_counts_bad_input(world, tmp_path):
     doc = json.loads((data/'data.json').read_text()); doc['done'] = False; (data/'data.json').write_text(json.dumps(doc))
     r = run('data', root/'photos', data, '--checkpoint', root/'base.safetensors', '--size', 64, '--samples-per-shard', 4, '--no-progress')
     assert '14 images (12 kept from an earlier run)' in r.stdout, r.stdout
-    from sd_scratch.data import LatentShardDataset
+    from sd_scratch.shards import LatentShardDataset
     a = [(z, c) for z, c in LatentShardDataset(root/'data'/'latents', rank=0, world_size=1)]
     b = [(z, c) for z, c in LatentShardDataset(data/'latents', rank=0, world_size=1)]
     assert [c for _, c in a] == [c for _, c in b] and all(torch.equal(x, y) for (x, _), (y, _) in zip(a, b))
@@ -261,7 +261,7 @@ def test_data_command_under_torchrun(world, tmp_path):
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-3000:]
     assert r.stdout.count('14 images') == 1                                           # rank 0 speaks for all
-    from sd_scratch.data import LatentShardDataset
+    from sd_scratch.shards import LatentShardDataset
     one = list(LatentShardDataset(root/'data'/'latents', rank=0, world_size=1))
     two = list(LatentShardDataset(tmp_path/'data'/'latents', rank=0, world_size=1))
     assert [c for _, c in one] == [c for _, c in two]                                 # the same samples in the same shards

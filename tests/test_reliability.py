@@ -339,7 +339,8 @@ def test_resume_compares_resolved_values_and_the_checkpoint(tmp_path, capsys):
 # 9: two shards whose names and keys share underscores keep distinct keys
 def test_tar_keys_do_not_collide(tmp_path):
     import io, tarfile
-    from sd_scratch.data import iter_tar_shards, write_image_shards, ShardStats
+    from sd_scratch.sources import iter_tar_shards, ShardStats
+    from sd_scratch.shards import write_image_shards
     def tar(path, key, caption, colour):
         buf = io.BytesIO(); Image.new('RGB', (64, 64), colour).save(buf, format='JPEG')
         with tarfile.open(path, 'w') as t:

@@ -20,7 +20,8 @@ SETUP = textwrap.dedent('''
     from sd_scratch.schedulers import NoiseSchedule
     from sd_scratch.pipeline import StableDiffusion
     from sd_scratch.convert import save_single_file
-    from sd_scratch.data import render_shape, write_image_shards, encode_latent_shards
+    from sd_scratch.data import render_shape
+    from sd_scratch.shards import write_image_shards, encode_latent_shards
     work = Path(sys.argv[1])
     torch.manual_seed(0)
     sd = StableDiffusion(CLIPTokenizer(), CLIPTextEncoder(CLIPTextConfig()), AutoencoderKL(VAEConfig()).eval(),

@@ -2,13 +2,14 @@
 import json, os, subprocess, sys, textwrap
 from pathlib import Path
 import torch
-from sd_scratch.data import render_shape, write_image_shards, LatentShardDataset
+from sd_scratch.data import render_shape
+from sd_scratch.shards import write_image_shards, LatentShardDataset
 from sd_scratch.core import load_safetensors
 
 WORKER = textwrap.dedent('''
     import sys, torch, torch.nn.functional as F
     from pathlib import Path
-    from sd_scratch.data import encode_latent_shards
+    from sd_scratch.shards import encode_latent_shards
     from sd_scratch.distributed import init_distributed, barrier, train_main, cleanup_distributed
     work = Path(sys.argv[1])
     env = init_distributed()
