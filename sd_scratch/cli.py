@@ -251,7 +251,8 @@ def _check_data_args(a:argparse.Namespace, size_multiple:int):
     if a.size is not None and (a.size < 8 or a.size % size_multiple):
         raise ValueError(f"--size must be a positive multiple of {size_multiple}, got {a.size}")
     if a.min_size is not None and a.min_size < 1: raise ValueError(f"--min-size must be at least 1, got {a.min_size}")
-    if a.min_score is not None and not math.isfinite(a.min_score): raise ValueError(f"--min-score must be a finite number, got {a.min_score}")
+    if a.min_score is not None and not math.isfinite(a.min_score):
+        raise ValueError(f"--min-score must be a finite number, got {a.min_score}")
     o, s = Path(a.out).resolve(), Path(a.source).resolve()
     if s.is_dir() and (o == s or s in o.parents): raise ValueError(f"{a.out} is inside the source {a.source}: write the data elsewhere")
 
@@ -322,8 +323,9 @@ def data_main(a:argparse.Namespace) -> dict:
 
 def _data_summary(a:argparse.Namespace, res:dict, doc:dict) -> str:
     "What `sd_scratch data` did, in a few lines: counts, the first skipped files and why, long captions, where to look."
-    lines = [f"{res['images']} pictures in {res['latent_shards']} latent shard{'s' * (res['latent_shards'] != 1)} in "
-             f"{Path(a.out)/'latents'}" + (f" ({res['transparent']} had transparency: on {a.background})" if res['transparent'] else '')]
+    kept = f"{doc['kept']} kept from an earlier run, {doc['made_now']} made now" if doc['kept'] else f"{doc['made_now']} made now"
+    lines = [f"{res['images']} pictures in {res['latent_shards']} latent shard{'s' * (res['latent_shards'] != 1)} ({kept}) in "
+             f"{Path(a.out)/'latents'}" + (f"; {res['transparent']} had transparency: on {a.background}" if res['transparent'] else '')]
     if res['skipped']:
         lines.append(f"{res['skipped']} skipped (" + ', '.join(f"{k} {v}" for k, v in res['why'].items()) + "):")
         lines += [f"  {s['file']}: {s['reason']}" for s in doc['skipped'][:5]]

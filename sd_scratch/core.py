@@ -16,10 +16,10 @@ from safetensors.torch import save_file, safe_open
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'default_device', 'seed_everything', 'check_positive_int', 'refuse_unknown_keys',
            'check_image_tensor', 'image_to_tensor', 'tensor_to_images', 'image_grid', 'save_grid', 'show_images',
-           'figure_dir', 'long_cells', 'asset_path', 'load_state_strict', 'atomic_write', 'atomic_save_safetensors',
-           'atomic_write_text', 'load_safetensors', 'interrupt_requested', 'stop_on_interrupt', 'process_alive',
-           'lock_owner', 'RunFolder', 'config_dict', 'save_weights', 'Weights', 'read_weights', 'SavesWeights',
-           'state_and_config']
+           'figure_dir', 'long_cells', 'asset_path', 'files_of', 'load_state_strict', 'atomic_write',
+           'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'interrupt_requested',
+           'stop_on_interrupt', 'process_alive', 'lock_owner', 'RunFolder', 'config_dict', 'save_weights', 'Weights',
+           'read_weights', 'SavesWeights', 'state_and_config']
 
 # %% ../nbs/00_core.ipynb #a1a9423b
 if os.environ.get('IN_TEST') and 'OMP_NUM_THREADS' not in os.environ:   # under nbdev_test, one worker per core runs a notebook:
@@ -191,6 +191,19 @@ def asset_path(name:str # file name inside data/, e.g. 'vocab.json'
     p = Path(str(resources.files('sd_scratch.assets') / name))
     if not p.exists(): raise FileNotFoundError(f"data file {name!r} is not in {p.parent}; reinstall sd_scratch (pip install -e .)")
     return p
+
+def files_of(source, # a folder (its files ending in `suffix`, sorted), one file, or a list of paths
+             suffix:str # e.g. '.tar' or '.parquet'
+            ) -> list:
+    "The files a command is given, as a sorted list of paths; none, or a missing one, is an error that names it."
+    if isinstance(source, (str, os.PathLike)):
+        p = Path(source)
+        paths = sorted(p.glob(f'*{suffix}')) if p.is_dir() else [p]
+    else: paths = [Path(s) for s in source]
+    if not paths: raise FileNotFoundError(f"no {suffix} files in {source}")
+    missing = [str(p) for p in paths if not p.exists()]
+    if missing: raise FileNotFoundError(f"{suffix} files not found: {', '.join(missing[:5])}")
+    return paths
 
 # %% ../nbs/00_core.ipynb #b83e960b
 def load_state_strict(module:torch.nn.Module, # the module to load into

@@ -10,7 +10,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 import numpy as np
 from PIL import Image, ImageOps
-from .core import atomic_write, check_positive_int
+from .core import atomic_write, check_positive_int, files_of
 
 # %% auto #0
 __all__ = ['LAION_COLUMNS', 'SITE_PHOTOS', 'URL_FAILURES', 'SYNTHETIC_KEY', 'RECORD_KEY', 'IMG2DATASET_VERSION',
@@ -180,14 +180,7 @@ RECORD_KEY = 'sd_scratch.filter'   # the parquet metadata key where `filter_laio
 def parquet_files(source # a parquet file, a folder of them, or a list of paths
                  ) -> list:
     "The parquet files of `source` (a folder's *.parquet, sorted); none, or a missing one, is an error that names it."
-    if isinstance(source, (str, Path)):
-        p = Path(source)
-        paths = sorted(p.glob('*.parquet')) if p.is_dir() else [p]
-    else: paths = [Path(s) for s in source]
-    if not paths: raise FileNotFoundError(f"no .parquet files in {source}")
-    missing = [str(p) for p in paths if not p.is_file()]
-    if missing: raise FileNotFoundError(f"parquet files not found: {', '.join(missing[:5])}")
-    return paths
+    return files_of(source, '.parquet')
 
 def read_filter_record(path # a parquet file
                       ) -> dict|None:

@@ -16,7 +16,7 @@ from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import 
 __all__ = ['TOY_UNET', 'RECIPES', 'RUN_FILES', 'BOOKKEEPING', 'RunConfig', 'TinyConvConfig', 'TinyNoisePredictor',
            'random_latent_cache', 'with_base', 'load_run_config', 'build_model', 'init_unet_path', 'hash_text_encoder',
            'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards',
-           'build_data', 'check_data_origin', 'read_latents', 'latent_folder', 'split_validation', 'train_run',
+           'check_data_origin', 'build_data', 'read_latents', 'latent_folder', 'split_validation', 'train_run',
            'TrainingInterrupted', 'export_lora', 'export_pipeline', 'recipe_diff']
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
@@ -417,25 +417,7 @@ def latent_cache_from_shards(shards, # a folder of latent shards (`sd_scratch.sh
     ctx = torch.cat([encode_text(uniq[i:i + batch_size]).float().cpu() for i in range(0, len(uniq), batch_size)])
     return LatentCache(torch.stack(lat), torch.tensor([index[c] for c in caps]), uniq, ctx, encode_text(['']).float().cpu()[0])
 
-# %% ../nbs/07c_recipes.ipynb #2e37f397
-def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded 'shapes' data is kept for the next run
-              ) -> LatentCache:
-    "The training data of a recipe as a `LatentCache` (lesson 08 adds streaming)."
-    if run.stream: raise ValueError("stream=True needs the distributed trainer: `sd_scratch train` or sd_scratch.distributed.train_main")
-    if run.data == 'random':
-        return random_latent_cache(n=run.n_images, latent_size=run.image_size // 8, context_dim=enc.encode_text(['']).shape[-1],
-                                   seed=run.data_seed)
-    if run.data == 'shapes':
-        what = f"shapes_{run.n_images}x{run.image_size}_seed{run.data_seed}"
-        if run.shapes or run.replay: what += f"_{'-'.join(run.shapes)}_replay{run.replay}"
-        path = None if cache_dir is None else Path(cache_dir)/f"{what}.safetensors"
-        if path is not None and path.exists(): return LatentCache.load(path)
-        cache = shapes_latent_cache(run, enc)
-        if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
-        return cache
-    check_data_origin(run, run.data)
-    return read_latents(run.data, enc, 'data')
-
+# %% ../nbs/07c_recipes.ipynb #f92a54e3
 def check_data_origin(run:RunConfig, path):
     """Refuse a `sd_scratch data` folder that is not finished; warn when it was encoded by another model's VAE than the recipe's
     (its latents would mean something else) and, once, when some of its captions are longer than the text encoder reads."""
@@ -455,6 +437,25 @@ def check_data_origin(run:RunConfig, path):
     if long.get('count'):
         print(f"note: {long['count']} caption{'s' * (long['count'] != 1)} of {path} are longer than the text encoder reads (the "
               f"longest has {long['longest']} tokens): it trains on the first 77 tokens of each", flush=True)
+
+# %% ../nbs/07c_recipes.ipynb #2e37f397
+def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded 'shapes' data is kept for the next run
+              ) -> LatentCache:
+    "The training data of a recipe as a `LatentCache` (lesson 08 adds streaming)."
+    if run.stream: raise ValueError("stream=True needs the distributed trainer: `sd_scratch train` or sd_scratch.distributed.train_main")
+    if run.data == 'random':
+        return random_latent_cache(n=run.n_images, latent_size=run.image_size // 8, context_dim=enc.encode_text(['']).shape[-1],
+                                   seed=run.data_seed)
+    if run.data == 'shapes':
+        what = f"shapes_{run.n_images}x{run.image_size}_seed{run.data_seed}"
+        if run.shapes or run.replay: what += f"_{'-'.join(run.shapes)}_replay{run.replay}"
+        path = None if cache_dir is None else Path(cache_dir)/f"{what}.safetensors"
+        if path is not None and path.exists(): return LatentCache.load(path)
+        cache = shapes_latent_cache(run, enc)
+        if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
+        return cache
+    check_data_origin(run, run.data)
+    return read_latents(run.data, enc, 'data')
 
 def read_latents(path, enc:Encoders, what:str='data') -> LatentCache:
     "A `LatentCache` file, a folder of latent shards, or a folder made by `sd_scratch data` (its `latents/`), read into memory."

@@ -110,7 +110,7 @@ def test_the_chain_end_to_end(tmp_path):
 
     # 3. sd_scratch data: one latent per picture
     data = json.loads((work/'data'/'data.json').read_text())
-    assert data['done'] and (data['image_stats']['seen'], data['image_stats']['written']) == (good, good), data
+    assert data['done'] and (data['stats']['seen'], data['stats']['written']) == (good, good), data
     from sd_scratch.shards import LatentShardDataset
     latents = list(LatentShardDataset(work/'data'/'latents', rank=0, world_size=1))
     assert len(latents) == good and {tuple(z.shape) for z, _ in latents} == {(4, 16, 16)}   # the toy VAE halves twice

@@ -76,11 +76,11 @@ def world(tmp_path_factory):
 
 def test_data_command(world):
     root, r = world
-    assert '14 images' in r.stdout and '0 skipped' in r.stdout, r.stdout
-    assert sorted(p.name for p in (root/'data'/'images').glob('*.tar')) == ['00000.tar', '00001.tar', '00002.tar', '00003.tar']
-    assert len(list((root/'data'/'latents').glob('*.tar'))) == 4
+    assert '14 pictures in 4 latent shards (4 made now)' in r.stdout and 'skipped' not in r.stdout, r.stdout
+    assert not (root/'data'/'images').exists()                                    # no second copy of the pictures
+    assert sorted(p.name for p in (root/'data'/'latents').glob('*.tar')) == ['00000.tar', '00001.tar', '00002.tar', '00003.tar']
     manifest = json.loads((root/'data'/'data.json').read_text())
-    assert manifest['done'] and manifest['settings']['size'] == 64 and manifest['image_stats']['written'] == 14
+    assert manifest['done'] and manifest['settings']['size'] == 64 and manifest['stats']['written'] == manifest['images'] == 14
     from sd_scratch.shards import LatentShardDataset
     samples = list(LatentShardDataset(root/'data'/'latents', rank=0, world_size=1))
     assert len(samples) == 14 and samples[0][0].shape == (4, 32, 32)                # the small VAE halves: 64 px -> 32x32
@@ -88,20 +88,20 @@ def test_data_command(world):
     assert {c for _, c in samples} >= {'a photo of a astronaut', 'a picture of a retina'}
     again = run('data', root/'photos', root/'data', '--checkpoint', root/'base.safetensors', '--size', 64, '--samples-per-shard', 4,
                 '--no-progress')
-    assert '14 images (14 kept from an earlier run)' in again.stdout               # a re-run redoes nothing
+    assert '14 pictures in 4 latent shards (4 kept from an earlier run, 0 made now)' in again.stdout   # a re-run redoes nothing
     other = run('data', root/'photos', root/'data', '--checkpoint', root/'base.safetensors', '--size', 32, '--no-progress', ok=False)
     assert other.returncode == 2 and 'other settings' in other.stderr and 'Traceback' not in other.stderr
 
 
 def test_data_command_resumes_and_counts_bad_input(world, tmp_path):
-    "An interrupted run (its last image shard and every latent shard gone) is continued; bad images and captions are counted by reason."
+    "An interrupted run (its last latent shard never finished) is continued; bad images and captions are counted by reason."
     root, _ = world
     data = tmp_path/'data'
     shutil.copytree(root/'data', data)
-    (data/'images'/'00003.tar').unlink(); shutil.rmtree(data/'latents')
+    (data/'latents'/'00003.tar').unlink(); (data/'latents'/'00003.json').unlink()
     doc = json.loads((data/'data.json').read_text()); doc['done'] = False; (data/'data.json').write_text(json.dumps(doc))
     r = run('data', root/'photos', data, '--checkpoint', root/'base.safetensors', '--size', 64, '--samples-per-shard', 4, '--no-progress')
-    assert '14 images (12 kept from an earlier run)' in r.stdout, r.stdout
+    assert '14 pictures in 4 latent shards (3 kept from an earlier run, 1 made now)' in r.stdout, r.stdout
     from sd_scratch.shards import LatentShardDataset
     a = [(z, c) for z, c in LatentShardDataset(root/'data'/'latents', rank=0, world_size=1)]
     b = [(z, c) for z, c in LatentShardDataset(data/'latents', rank=0, world_size=1)]
@@ -112,7 +112,7 @@ def test_data_command_resumes_and_counts_bad_input(world, tmp_path):
     Image.new('RGB', (80, 80)).save(bad/'nocaption.png')
     with open(bad/'metadata.jsonl', 'a') as f: f.write('{"file_name": "gone.jpg", "text": "x"}\n')
     r = run('data', bad, tmp_path/'bad_data', '--checkpoint', root/'base.safetensors', '--size', 64, '--no-progress')
-    assert '14 images' in r.stdout and '4 skipped (unreadable 1, too_small 1, no_caption 1, missing_image 1)' in r.stdout, r.stdout
+    assert '14 pictures' in r.stdout and '4 skipped (unreadable 1, too_small 1, no_caption 1, missing_image 1)' in r.stdout, r.stdout
 
 
 def _json(path: Path, d: dict) -> Path:
