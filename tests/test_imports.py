@@ -60,3 +60,13 @@ def test_the_checker_can_fail(tmp_path):
     p = tmp_path/'m.py'
     p.write_text("from .core import x\ndef f():\n    from sd_scratch.lora import load_lora\n    import sd_scratch.train\n")
     assert _imports(p) == {'core', 'lora', 'train'}
+
+
+def test_later_lessons_methods_are_there_whatever_is_imported_first():
+    "A fresh interpreter that imports only the pipeline gets 07b's `load_lora` (the package imports the modules that patch)."
+    import subprocess, sys
+    code = ("from sd_scratch.pipeline import StableDiffusion\n"
+            "sd = StableDiffusion.from_pretrained('toy'); sd.load_lora('data/toy_star_lora.safetensors', scale=0.5); sd.unload_lora()\n"
+            "print('ok')")
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=PKG.parent, timeout=300)
+    assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-2000:]
