@@ -219,7 +219,7 @@ def test_readme_own_images_commands(tmp_path):
     make_photos(tmp_path/'my_photos', n=12)
     import shlex
     outs = [run(*shlex.split(c)[1:], cwd=tmp_path) for c in cmds]
-    assert '12 images' in outs[0].stdout, outs[0].stdout
+    assert '12 pictures' in outs[0].stdout, outs[0].stdout
     lora = next(tmp_path.rglob('lora.safetensors'))
     assert (lora.parent/'lora_kohya.safetensors').exists()
     pngs = sorted(tmp_path.rglob('*_seed*.png'))
@@ -260,7 +260,7 @@ def test_data_command_under_torchrun(world, tmp_path):
         '--checkpoint', str(root/'base.safetensors'), '--size', '64', '--samples-per-shard', '4', '--no-progress']
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=600, env={**__import__('os').environ, 'OMP_NUM_THREADS': '1'})
     assert r.returncode == 0, r.stderr[-3000:]
-    assert r.stdout.count('14 images') == 1                                           # rank 0 speaks for all
+    assert r.stdout.count('14 pictures') == 1                                         # rank 0 speaks for all
     from sd_scratch.shards import LatentShardDataset
     one = list(LatentShardDataset(root/'data'/'latents', rank=0, world_size=1))
     two = list(LatentShardDataset(tmp_path/'data'/'latents', rank=0, world_size=1))

@@ -198,9 +198,12 @@ def test_run_folder_belongs_to_one_run(tmp_path):
             train_run('tiny', tmp_path, progress=False)
     finally: other.kill(); other.wait()
     (tmp_path/'.checkpoint.safetensors.abc.tmp').write_bytes(b'half')  # what a run killed mid-write leaves
-    with RunFolder(tmp_path) as f:                                      # its owner is dead: the lock is taken over
+    (tmp_path/'.notes.tmp').write_text('the user\'s own')                # ...and a file of the user's that looks alike
+    from sd_scratch.train import RUN_FILES
+    with RunFolder(tmp_path, temporaries=RUN_FILES) as f:               # its owner is dead: the lock is taken over
         assert f.held and (tmp_path/'.lock').read_text() == str(os.getpid())
         assert not (tmp_path/'.checkpoint.safetensors.abc.tmp').exists()
+        assert (tmp_path/'.notes.tmp').exists()                         # only the run's own temporary files go
     assert not (tmp_path/'.lock').exists()
 
 
