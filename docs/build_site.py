@@ -216,6 +216,7 @@ class Sources:
         "`src_<module>.md#src-<name>` for the definition that holds `obj`'s first line (None for what is not ours)."
         import inspect
         try:
+            if isinstance(obj, property): obj = obj.fget          # a property's card leads to its getter
             obj = inspect.unwrap(obj)                             # a @contextmanager's function, not contextlib's wrapper
             f, line = Path(inspect.getsourcefile(obj)).resolve(), inspect.getsourcelines(obj)[1]
         except (TypeError, OSError): return None

@@ -99,12 +99,13 @@ def diffusion_loss(model:nn.Module, # the network, called as `model(z_t, t, cont
                    context:torch.Tensor, # text contexts (B, L, D)
                    min_snr_gamma:float=5.0, # Min-SNR-gamma weighting; 0: plain MSE
                    autocast_dtype:torch.dtype|None=None, # torch.bfloat16 to run the model under autocast
-                   per_sample:bool=False # return the (B,) weighted losses instead of their mean
+                   per_sample:bool=False, # return the (B,) weighted losses instead of their mean
+                   cond:torch.Tensor|None=None # a per-sample condition (lessons 07f, 07g): the model is called as `model(z_t, t, c, cond)`
                   ) -> torch.Tensor:
     "The schedule's objective, weighted: the batch mean of `w(t) * mean((model(z_t, t, c) - schedule.target(z0, noise, t))**2)`."
     z_t = schedule.add_noise(z0, noise, t)
     with torch.autocast(z0.device.type, dtype=autocast_dtype or torch.bfloat16, enabled=autocast_dtype is not None):
-        out = model(z_t, t, context)
+        out = model(z_t, t, context) if cond is None else model(z_t, t, context, cond)
     target = schedule.target(z0, noise, t)                                                  # noise, v, x0 or noise - x0
     per = ((out.float() - target.float()) ** 2).mean(dim=tuple(range(1, noise.ndim)))    # (B, C, h, w) -> (B,)
     w = min_snr_weight(schedule.snr(t.cpu()).to(per.device), min_snr_gamma, schedule.prediction_type)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_cfg.ipynb #07da372f
 from __future__ import annotations
-import math, os, contextlib
+import math, os, contextlib, functools
 from pathlib import Path
 import numpy as np, torch
 from PIL import Image
@@ -15,7 +15,8 @@ from .samplers import make_sampler, check_sampler_args, SAMPLER_NAMES
 from .objectives import schedule_config, schedule_from_config
 
 # %% auto #0
-__all__ = ['SAMPLING_KEYS', 'COMPILE_MODES', 'load_unet', 'check_generation', 'check_sampling_defaults', 'StableDiffusion']
+__all__ = ['SAMPLING_KEYS', 'COMPILE_MODES', 'load_unet', 'check_generation', 'check_sampling_defaults', 'StableDiffusion',
+           'SamplingHook']
 
 # %% ../nbs/06_cfg.ipynb #acf72d19
 def load_unet(path # a UNet weights file with its noise schedule: the shipped toy's, or what a trainer exports
@@ -195,9 +196,11 @@ def guided_eps(self:StableDiffusion, z:torch.Tensor, # latents (B, C, h, w)
                t:torch.Tensor, # the current timestep (0-d)
                context:torch.Tensor, # (2B, 77, D): unconditional (negative) half first, then conditional
                guidance_scale:float,
-               guidance_rescale:float=0.0): # Lin et al. 2024: 0 plain guidance; up to 1, the std pulled back to the conditional one's
+               guidance_rescale:float=0.0, # Lin et al. 2024: 0 plain guidance; up to 1, the std pulled back to the conditional one's
+               hooks=()): # `SamplingHook`s whose `unet` wraps the UNet call (inpainting's extra channels, ControlNet's residuals)
     "Classifier-free guidance: one UNet call on the doubled batch, then `uncond + g * (cond - uncond)` (optionally rescaled)."
     unet = self._runner('unet')                                 # the UNet, or its compiled callable (`compile`)
+    for h in hooks: unet = functools.partial(h.unet, unet)      # each hook wraps the call the one before it made
     if guidance_scale <= 1: return unet(z, t, context)
     eps = unet(torch.cat([z, z]), t, context)                   # (B, C, h, w) -> (2B, C, h, w)
     eps_uncond, eps_cond = eps.chunk(2)                          # (2B, ...) -> 2 x (B, ...)
@@ -283,6 +286,19 @@ def _start_latents(self:StableDiffusion, smp:Sampler, # a sampler whose `start` 
     self._check_memory(B, height, width)
     return self._randn((B, self.latent_channels, height // f, width // f), generator) * smp.init_noise_sigma
 
+# %% ../nbs/06_cfg.ipynb #d39b97ba
+class SamplingHook:
+    "Steers `generate` from outside; every method's default changes nothing (inpainting in 07f and ControlNet in 07g are hooks)."
+    def start(self, sd, smp, z:torch.Tensor, generator, guided:bool) -> torch.Tensor:
+        "Once, with the starting latents (B, C, h, w) and whether the UNet sees a doubled batch (guidance): the latents to start from."
+        return z
+    def unet(self, call, z:torch.Tensor, t, context:torch.Tensor) -> torch.Tensor:
+        "Around every UNet call: `call(z, t, context)` is the UNet (or the hook before this one); z is doubled under guidance."
+        return call(z, t, context)
+    def after_step(self, sd, smp, i:int, t, z:torch.Tensor) -> torch.Tensor:
+        "After the sampler's step `i` (at timestep `t`): the latents to go on from."
+        return z
+
 # %% ../nbs/06_cfg.ipynb #011fd47e
 @patch
 @torch.no_grad()
@@ -304,7 +320,8 @@ def generate(self:StableDiffusion, prompt:str|list[str], # one prompt or a batch
              progress:bool=False, # show a tqdm progress bar
              guidance_rescale:float=0.0, # Lin et al. 2024 (0.7 there): the guided prediction's std pulled toward the conditional's
              timestep_spacing:str|None=None, # 'leading', 'trailing' or 'linspace'; None: the checkpoint's (`sampling`), else the sampler's
-             steps_offset:int|None=None): # added to 'leading' timesteps; None: as timestep_spacing
+             steps_offset:int|None=None, # added to 'leading' timesteps; None: as timestep_spacing
+             hooks=()): # `SamplingHook`s that steer the run from outside: inpainting (07f), ControlNet (07g)
     "Images for `prompt` (a list of PIL images by default)."
     prompts = _as_list(prompt, 'prompt'); B = len(prompts)
     negs = [''] * B if negative_prompt is None else _as_list(negative_prompt, 'negative_prompt')
@@ -323,13 +340,15 @@ def generate(self:StableDiffusion, prompt:str|list[str], # one prompt or a batch
     guided = guidance_scale > 1                        # negative (or empty) prompts first: one UNet call does both halves
     context = self.encode_prompt(negs + prompts if guided else prompts)   # (2B or B, 77, D)
     z = self._start_latents(smp, B, height, width, latents, init_image, generator)
+    for h in hooks: z = h.start(self, smp, z, generator, guided)
     it = timesteps
     if progress:
         from tqdm.auto import tqdm
         it = tqdm(timesteps, desc='sampling')
     for i, t in enumerate(it):                        # Heun: two entries (two UNet calls) per step, so callbacks see both
-        eps = self.guided_eps(smp.scale_model_input(z, t), t, context, guidance_scale, guidance_rescale)
+        eps = self.guided_eps(smp.scale_model_input(z, t), t, context, guidance_scale, guidance_rescale, hooks)
         z, x0 = smp.step(eps, t, z, generator=generator, return_x0=True)
+        for h in hooks: z = h.after_step(self, smp, i, t, z)
         if callback is not None: callback(i, t, z, x0)
     x = self._runner('vae')((z / self.scaling_factor).to(self.vae_dtype))   # `vae.decode`, or its compiled callable
     if not torch.isfinite(x).all():                    # never a black image that looks like a result

@@ -13,11 +13,11 @@ from .core import *
 from .trainer import *   # the loop of lesson 07: `from sd_scratch.train import Trainer` keeps working
 
 # %% auto #0
-__all__ = ['TOY_UNET', 'RECIPES', 'RUN_FILES', 'BOOKKEEPING', 'RunConfig', 'TinyConvConfig', 'TinyNoisePredictor',
-           'random_latent_cache', 'with_base', 'load_run_config', 'build_model', 'init_unet_path', 'hash_text_encoder',
-           'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache', 'latent_cache_from_shards',
-           'check_data_origin', 'build_data', 'read_latents', 'latent_folder', 'split_validation', 'train_run',
-           'TrainingInterrupted', 'export_lora', 'export_pipeline', 'recipe_diff']
+__all__ = ['MODEL_KINDS', 'DATA_KINDS', 'TOY_UNET', 'RECIPES', 'RUN_FILES', 'BOOKKEEPING', 'RunConfig', 'TinyConvConfig',
+           'TinyNoisePredictor', 'random_latent_cache', 'with_base', 'load_run_config', 'build_model', 'init_unet_path',
+           'hash_text_encoder', 'Encoders', 'pipeline_encoders', 'recipe_encoders', 'shapes_latent_cache',
+           'latent_cache_from_shards', 'check_data_origin', 'build_data', 'read_latents', 'latent_folder',
+           'split_validation', 'train_run', 'TrainingInterrupted', 'export_lora', 'export_pipeline', 'recipe_diff']
 
 # %% ../nbs/07c_recipes.ipynb #304c2ed5
 @dataclass
@@ -60,6 +60,12 @@ def _need(ok, msg:str):
     "Refuse a recipe, naming the problem."
     if not ok: raise ValueError(f"RunConfig: {msg}")
 
+# The kinds of model and data a recipe may name. Later lessons add their own (inpainting 07f, ControlNet 07g): a model kind
+# gives its config class, how to build it from a recipe, the file it exports and whether it starts from a UNet (init_unet);
+# a data kind builds a `LatentCache` (with its `cond`) from a recipe and the frozen encoders.
+MODEL_KINDS = {}   # name -> dict(config=dataclass, build=fn(run, cfg) -> nn.Module, export='unet.safetensors', init_unet=bool)
+DATA_KINDS = {}    # name -> fn(run, enc) -> LatentCache
+
 _NEEDS_SD = "needs sd_checkpoint (a local SD 1.x file or diffusers folder; `--checkpoint` on the command line)"
 
 @patch
@@ -67,7 +73,8 @@ def _check_kinds(self:RunConfig):
     "The fields' types, and the names a recipe may use for its model, encoders and data."
     for k, kind in (('name', str), ('model', str), ('encoders', str), ('model_config', dict), ('train', dict), ('stream', bool)):
         _need(isinstance(getattr(self, k), kind), f"{k} must be a {kind.__name__}, got {getattr(self, k)!r}")
-    _need(self.model in ('unet', 'tiny_conv'), f"model must be 'unet' or 'tiny_conv', got {self.model!r}")
+    _need(self.model in MODEL_KINDS, f"model must be one of {sorted(MODEL_KINDS)}, got {self.model!r}"
+          + ("" if self.model in MODEL_KINDS else " (a later lesson's kind is known once its module is imported)"))
     _need(self.encoders in ('toy', 'sd', 'hash'), f"encoders must be 'toy', 'sd' or 'hash', got {self.encoders!r}")
     _need(self.encoders != 'sd' or self.sd_checkpoint, f"encoders='sd' {_NEEDS_SD}")
     _need(self.init_unet != 'sd' or self.sd_checkpoint, f"init_unet='sd' {_NEEDS_SD}")
@@ -110,7 +117,7 @@ def _check_start(self:RunConfig):
     "Where the weights start: random, or a trained UNet (`init_unet`), whole or with LoRA adapters (`lora`)."
     _need(self.init_unet is None or (isinstance(self.init_unet, str) and self.init_unet),
           f"init_unet must be 'toy' or a weights file, got {self.init_unet!r}")
-    _need(self.init_unet is None or (self.model == 'unet' and not self.model_config),
+    _need(self.init_unet is None or (MODEL_KINDS[self.model].get('init_unet') and not self.model_config),
           "init_unet takes the UNet's config from its file: leave model_config empty (and model='unet')")
     _need(isinstance(self.lora, dict), f"lora must be a dict of inject_lora arguments, got {self.lora!r}")
     if self.lora:
@@ -122,8 +129,7 @@ def _check_start(self:RunConfig):
 @patch
 def model_config_object(self:RunConfig):
     "The model's config dataclass (`UNetConfig` / `TinyConvConfig`), refusing unknown or bad fields by name."
-    if self.model == 'tiny_conv': cls = TinyConvConfig
-    else: from sd_scratch.unet import UNetConfig as cls
+    cls = MODEL_KINDS[self.model]['config']
     refuse_unknown_keys(self.model_config, [f.name for f in dataclasses.fields(cls)], f'model_config keys for {cls.__name__}')
     try: return cls(**self.model_config)
     except (TypeError, ValueError) as e: raise ValueError(f"RunConfig: model_config does not make a {cls.__name__}: {e}") from None
@@ -313,10 +319,7 @@ def build_model(run:RunConfig) -> nn.Module:
     "The model a recipe trains, initialised from `torch.manual_seed(train.seed)`, so every process starts from the same weights."
     cfg = run.model_config_object()
     torch.manual_seed(run.train_config().seed)
-    if run.init_unet is not None: return _init_unet(run)
-    if run.model == 'tiny_conv': return TinyNoisePredictor(cfg)
-    from sd_scratch.unet import UNet2DCondition
-    return UNet2DCondition(cfg)
+    return MODEL_KINDS[run.model]['build'](run, cfg)               # (a trained UNet when the recipe names init_unet)
 
 def init_unet_path(run:RunConfig) -> Path:
     "The UNet weights file a fine-tuning recipe starts from (`init_unet`: 'toy' is the shipped one); a missing file is named."
@@ -343,6 +346,15 @@ def _init_unet(run:RunConfig) -> nn.Module:
         torch.manual_seed(run.train_config().seed)                     # the adapters' random A, the same on every process
         inject_lora(unet, **kw)
     return unet
+
+def _build_unet(run:RunConfig, cfg) -> nn.Module:
+    if run.init_unet is not None: return _init_unet(run)
+    from sd_scratch.unet import UNet2DCondition
+    return UNet2DCondition(cfg)
+
+from .unet import UNetConfig
+MODEL_KINDS['unet'] = dict(config=UNetConfig, build=_build_unet, export='unet.safetensors', init_unet=True)
+MODEL_KINDS['tiny_conv'] = dict(config=TinyConvConfig, build=lambda run, cfg: TinyNoisePredictor(cfg), export='model.safetensors')
 
 # %% ../nbs/07c_recipes.ipynb #70012415
 def hash_text_encoder(context_len:int=6, context_dim:int=16):
@@ -454,6 +466,13 @@ def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded '
         cache = shapes_latent_cache(run, enc)
         if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
         return cache
+    if run.data in DATA_KINDS:                                         # a later lesson's kind (07f, 07g): encoded once, kept
+        what = f"shapes_{run.data}_{run.n_images}x{run.image_size}_seed{run.data_seed}"
+        path = None if cache_dir is None else Path(cache_dir)/f"{what}.safetensors"
+        if path is not None and path.exists(): return LatentCache.load(path)
+        cache = DATA_KINDS[run.data](run, enc)
+        if path is not None: cache.save(path)
+        return cache
     check_data_origin(run, run.data)
     return read_latents(run.data, enc, 'data')
 
@@ -515,8 +534,9 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         if trainer.is_main: atomic_write_text(saved_run, json.dumps(asdict(run), indent=1))
         _fit_or_stop(trainer)                                          # Ctrl-C: the step finishes, a checkpoint, TrainingInterrupted
         if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
-        else: trainer.export(out_dir/('unet.safetensors' if run.model == 'unet' else 'model.safetensors'))
-        if (run.init_unet is not None or run.encoders == 'sd') and not run.lora and not run.stream and enc.pipeline is not None:
+        else: trainer.export(out_dir/MODEL_KINDS[run.model]['export'])
+        whole = MODEL_KINDS[run.model].get('init_unet')                # a UNet (not a ControlNet beside a frozen one, 07g)
+        if (run.init_unet is not None or run.encoders == 'sd') and whole and not run.lora and not run.stream and enc.pipeline is not None:
             export_pipeline(trainer, enc.pipeline, out_dir)            # a fine-tune, or a UNet trained on a model file's encoders
                                                                        # (07d): an SD single file and a diffusers folder too (a
                                                                        # streamed full-size run, lesson 08, exports unet.safetensors)

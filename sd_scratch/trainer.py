@@ -233,6 +233,7 @@ class LatentCache:
     captions:list               # the U distinct captions
     contexts:torch.Tensor       # (U, L, D) text encoder hidden states of each caption
     empty_context:torch.Tensor  # (L, D) hidden states of the empty prompt '' (classifier-free guidance)
+    cond:torch.Tensor|None=None # (N, ...) a condition per latent, or None (inpainting's mask, ControlNet's control: 07f, 07g)
 
     def __post_init__(self):
         N, U = len(self.latents), len(self.captions)
@@ -242,12 +243,13 @@ class LatentCache:
             raise ValueError(f"contexts must be ({U}, L, D) for {U} captions, got {tuple(self.contexts.shape)}")
         if self.empty_context.shape != self.contexts.shape[1:]:
             raise ValueError(f"empty_context must be {tuple(self.contexts.shape[1:])}, got {tuple(self.empty_context.shape)}")
+        if self.cond is not None and len(self.cond) != N: raise ValueError(f"cond must hold {N} conditions, got {len(self.cond)}")
         if N and (self.caption_ids.min() < 0 or self.caption_ids.max() >= U): raise ValueError("caption_ids out of range")
 
     def __len__(self): return len(self.latents)
     def __repr__(self):
         return (f"LatentCache({len(self)} latents {tuple(self.latents.shape[1:])}, {len(self.captions)} captions, "
-                f"context {tuple(self.contexts.shape[1:])})")
+                f"context {tuple(self.contexts.shape[1:])}{'' if self.cond is None else f', cond {tuple(self.cond.shape[1:])}'})")
 
     @property
     def latent_shape(self) -> tuple: return tuple(self.latents.shape[1:])   # (C, h, w)
@@ -262,7 +264,8 @@ def batch(self:LatentCache, cfg:TrainConfig, step:int, micro:int=0, rank:int=0, 
 def subset(self:LatentCache, idx) -> LatentCache:
     "The latents at `idx` (their captions and contexts stay: caption ids keep their meaning)."
     idx = torch.as_tensor(idx, dtype=torch.long)
-    return LatentCache(self.latents[idx], self.caption_ids[idx], self.captions, self.contexts, self.empty_context)
+    return LatentCache(self.latents[idx], self.caption_ids[idx], self.captions, self.contexts, self.empty_context,
+                       None if self.cond is None else self.cond[idx])
 
 @patch
 def split(self:LatentCache, n_val:int, # how many latents to hold out
@@ -284,6 +287,7 @@ def context_for(self:LatentCache, caption:str) -> torch.Tensor:
 def save(self:LatentCache, path):
     "Write the cache to one safetensors file, atomically."
     tensors = dict(latents=self.latents, caption_ids=self.caption_ids, contexts=self.contexts, empty_context=self.empty_context)
+    if self.cond is not None: tensors['cond'] = self.cond
     atomic_save_safetensors({k: v.contiguous() for k, v in tensors.items()}, path,
                             dict(format='sd_scratch.latent_cache.v1', captions=json.dumps(self.captions)))
 
@@ -293,7 +297,8 @@ def load(cls:LatentCache, path) -> LatentCache:
     tensors, meta = load_safetensors(path)
     if meta.get('format') != 'sd_scratch.latent_cache.v1':
         raise ValueError(f"{path} is not a latent cache (format {meta.get('format')!r})")
-    return cls(tensors['latents'], tensors['caption_ids'], json.loads(meta['captions']), tensors['contexts'], tensors['empty_context'])
+    return cls(tensors['latents'], tensors['caption_ids'], json.loads(meta['captions']), tensors['contexts'], tensors['empty_context'],
+               tensors.get('cond'))
 
 # %% ../nbs/07_training.ipynb #231ad78a
 @torch.no_grad()
@@ -341,7 +346,9 @@ def draw_batch(cache:LatentCache, # the pre-encoded data
     idx, t, noise, drop = idx[mine], t[mine], noise[mine], drop[mine]
     context = cache.contexts[cache.caption_ids[idx]]               # (b,) -> (b, L, D)
     context[drop] = cache.empty_context                            # CFG dropout: the empty prompt instead
-    return dict(z0=cache.latents[idx], t=t, noise=noise, context=context, idx=idx, dropped=drop)
+    out = dict(z0=cache.latents[idx], t=t, noise=noise, context=context, idx=idx, dropped=drop)
+    if cache.cond is not None: out['cond'] = cache.cond[idx]       # inpainting's mask, ControlNet's control (07f, 07g)
+    return out
 
 # %% ../nbs/07_training.ipynb #8efc0bad
 def make_optimizer(model:nn.Module, cfg:TrainConfig) -> torch.optim.AdamW:
@@ -372,7 +379,8 @@ def train_step(model:nn.Module, # the noise predictor (or its DDP wrapper), in t
         last = micro == cfg.grad_accum_steps - 1
         with (no_sync() if no_sync is not None and not last else contextlib.nullcontext()):
             loss = diffusion_loss(model, schedule, b['z0'].to(device), b['t'].to(device), b['noise'].to(device),
-                                  b['context'].to(device), cfg.min_snr_gamma, dtype)
+                                  b['context'].to(device), cfg.min_snr_gamma, dtype,
+                                  cond=None if b.get('cond') is None else b['cond'].to(device))
             (loss / cfg.grad_accum_steps).backward()
         total += loss.detach()
     loss = (total / cfg.grad_accum_steps).item()                   # one sync per optimizer step
@@ -410,8 +418,9 @@ def validation_loss(model:nn.Module, # the noise predictor (or its DDP wrapper)
             z0 = val.latents[i].float()
             noise = torch.randn(z0.shape, generator=torch.Generator().manual_seed(1_000_003 + c))   # fixed: chunk c, same noise
             ctx = val.contexts[val.caption_ids[i]].float()
+            cond = None if val.cond is None else val.cond[i].to(device)
             loss = diffusion_loss(m, schedule, z0.to(device), ts[k].to(device), noise.to(device), ctx.to(device),
-                                  cfg.min_snr_gamma, dtype)
+                                  cfg.min_snr_gamma, dtype, cond=cond)
             total += loss.item() * len(i)
     finally: m.train(was_training)
     return total / len(pairs)

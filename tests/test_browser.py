@@ -50,7 +50,8 @@ class Lab:
         self.root, self.port = root, _free_port()
         shutil.copytree(REPO/'nbs', root/'nbs', ignore=shutil.ignore_patterns('.ipynb_checkpoints', '_proc'))
         shutil.copytree(REPO/'images', root/'images')
-        (root/'benchmarks').mkdir(); shutil.copy(REPO/'benchmarks'/'train_memory_cpu.json', root/'benchmarks')
+        (root/'benchmarks').mkdir()
+        for f in (REPO/'benchmarks').glob('*.json'): shutil.copy(f, root/'benchmarks')  # the figures lessons read
         settings = root/'lab-settings'/'@jupyterlab'/'notebook-extension'
         settings.mkdir(parents=True)
         # JupyterLab 4 draws only the cells in view; 'none' puts every cell (and its outputs) in the page
