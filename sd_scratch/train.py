@@ -56,6 +56,7 @@ class RunConfig:
         self.model_config_object()                    # the model's fields, through its config's checks
 
 # %% ../nbs/07c_recipes.ipynb #4d97a899
+from .unet import UNetConfig
 def _need(ok, msg:str):
     "Refuse a recipe, naming the problem."
     if not ok: raise ValueError(f"RunConfig: {msg}")
@@ -64,6 +65,7 @@ def _need(ok, msg:str):
 # gives its config class, how to build it from a recipe, the file it exports and whether it starts from a UNet (init_unet);
 # a data kind builds a `LatentCache` (with its `cond`) from a recipe and the frozen encoders.
 MODEL_KINDS = {}   # name -> dict(config=dataclass, build=fn(run, cfg) -> nn.Module, export='unet.safetensors', init_unet=bool)
+MODEL_KINDS['unet'] = dict(config=UNetConfig, build=lambda run, cfg: _build_unet(run, cfg), export='unet.safetensors', init_unet=True)
 DATA_KINDS = {}    # name -> fn(run, enc) -> LatentCache
 
 _NEEDS_SD = "needs sd_checkpoint (a local SD 1.x file or diffusers folder; `--checkpoint` on the command line)"
@@ -204,6 +206,8 @@ def random_latent_cache(n:int=64, latent_size:int=8, n_captions:int=8, context_l
     return LatentCache(torch.randn(n, 4, latent_size, latent_size, generator=g), torch.arange(n) % n_captions,
                        [f"caption {i}" for i in range(n_captions)],
                        torch.randn(n_captions, context_len, context_dim, generator=g), torch.zeros(context_len, context_dim))
+
+MODEL_KINDS['tiny_conv'] = dict(config=TinyConvConfig, build=lambda run, cfg: TinyNoisePredictor(cfg), export='model.safetensors')
 
 # %% ../nbs/07c_recipes.ipynb #e7a7c19a
 # 07b: the shipped toy learns a fifth shape, the star, with LoRA adapters (the shipped data/toy_star_lora.safetensors)
@@ -351,10 +355,6 @@ def _build_unet(run:RunConfig, cfg) -> nn.Module:
     if run.init_unet is not None: return _init_unet(run)
     from sd_scratch.unet import UNet2DCondition
     return UNet2DCondition(cfg)
-
-from .unet import UNetConfig
-MODEL_KINDS['unet'] = dict(config=UNetConfig, build=_build_unet, export='unet.safetensors', init_unet=True)
-MODEL_KINDS['tiny_conv'] = dict(config=TinyConvConfig, build=lambda run, cfg: TinyNoisePredictor(cfg), export='model.safetensors')
 
 # %% ../nbs/07c_recipes.ipynb #70012415
 def hash_text_encoder(context_len:int=6, context_dim:int=16):
