@@ -64,7 +64,8 @@ def _need(ok, msg:str):
 # The kinds of model and data a recipe may name. Later lessons add their own (inpainting 07f, ControlNet 07g): a model kind
 # gives its config class, how to build it from a recipe, the file it exports and whether it starts from a UNet (init_unet);
 # a data kind builds a `LatentCache` (with its `cond`) from a recipe and the frozen encoders.
-MODEL_KINDS = {}   # name -> dict(config=dataclass, build=fn(run, cfg) -> nn.Module, export='unet.safetensors', init_unet=bool)
+MODEL_KINDS = {}   # name -> dict(config=dataclass, build=fn(run, cfg) -> nn.Module, export='unet.safetensors', init_unet=bool,
+                   #              pipeline=bool: a run that starts from a UNet also exports an SD file and folder; default True)
 MODEL_KINDS['unet'] = dict(config=UNetConfig, build=lambda run, cfg: _build_unet(run, cfg), export='unet.safetensors', init_unet=True)
 DATA_KINDS = {}    # name -> fn(run, enc) -> LatentCache
 
@@ -535,7 +536,8 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         _fit_or_stop(trainer)                                          # Ctrl-C: the step finishes, a checkpoint, TrainingInterrupted
         if run.lora: export_lora(trainer, out_dir/'lora.safetensors')  # the adapters alone (07b): what `load_lora` and diffusers read
         else: trainer.export(out_dir/MODEL_KINDS[run.model]['export'])
-        whole = MODEL_KINDS[run.model].get('init_unet')                # a UNet (not a ControlNet beside a frozen one, 07g)
+        kind = MODEL_KINDS[run.model]                                  # a UNet, not a ControlNet beside a frozen one (07g)
+        whole = kind.get('init_unet') and kind.get('pipeline', True)
         if (run.init_unet is not None or run.encoders == 'sd') and whole and not run.lora and not run.stream and enc.pipeline is not None:
             export_pipeline(trainer, enc.pipeline, out_dir)            # a fine-tune, or a UNet trained on a model file's encoders
                                                                        # (07d): an SD single file and a diffusers folder too (a

@@ -191,6 +191,16 @@ class UpBlock(nn.Module):
             h = self.upsamplers[0](h, skips[-1].shape[-2:])
         return h
 
+# %% ../nbs/04_unet.ipynb #aeec406d
+def _add_residuals(skips:list, residuals) -> list:
+    "Each skip plus its residual (a ControlNet's, lesson 07g): as many residuals as skips, each of its skip's shape."
+    if len(residuals) != len(skips):
+        raise ValueError(f"down_block_additional_residuals: the UNet has {len(skips)} skips, got {len(residuals)} residuals")
+    bad = [i for i, (s, r) in enumerate(zip(skips, residuals)) if tuple(r.shape) != tuple(s.shape)]
+    if bad: raise ValueError(f"down_block_additional_residuals[{bad[0]}] is {tuple(residuals[bad[0]].shape)}, "
+                             f"its skip is {tuple(skips[bad[0]].shape)}")
+    return [s + r for s, r in zip(skips, residuals)]
+
 # %% ../nbs/04_unet.ipynb #d1371015
 class UNet2DCondition(SavesWeights, nn.Module):
     "The SD UNet: eps = unet(z_t, t, context). `save_file` / `from_file` keep the weights with the config (lesson 00)."
@@ -216,7 +226,9 @@ class UNet2DCondition(SavesWeights, nn.Module):
     def forward(self,
                 z:torch.Tensor, # noisy latents (B, in_channels, H, W), any H and W (odd sizes upsample to the skips' size)
                 t:torch.Tensor|int, # timesteps: int tensor (B,) or a scalar
-                context:torch.Tensor # text embeddings (B, L, cross_attention_dim)
+                context:torch.Tensor, # text embeddings (B, L, cross_attention_dim)
+                down_block_additional_residuals:tuple|None=None, # ControlNet (07g): one tensor per skip, added to it
+                mid_block_additional_residual:torch.Tensor|None=None # ControlNet (07g): added to the middle block's output
                ) -> torch.Tensor:
         t = self._check_inputs(z, t, context)
         cfg, ckpt = self.cfg, self.gradient_checkpointing
@@ -226,7 +238,9 @@ class UNet2DCondition(SavesWeights, nn.Module):
         skips = [h]
         for block in self.down_blocks:
             h, block_skips = block(h, temb, context, ckpt); skips += block_skips
+        if down_block_additional_residuals is not None: skips = _add_residuals(skips, down_block_additional_residuals)
         h = self.mid_block(h, temb, context, ckpt)
+        if mid_block_additional_residual is not None: h = h + mid_block_additional_residual
         for block in self.up_blocks: h = block(h, skips, temb, context, ckpt)  # each pops its skips off the end
         return self.conv_out(F.silu(self.conv_norm_out(h)))          # (B, ch0, H, W) -> (B, out_channels, H, W)
 
