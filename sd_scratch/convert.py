@@ -342,12 +342,19 @@ def load_single_file(path, # an original SD 1.x checkpoint: `.safetensors` or `.
     from sd_scratch.pipeline import StableDiffusion
     state, meta = read_checkpoint(path)
     stored = 'sd_scratch.config' in meta
-    cfg = _as_sdconfig(config) or (SDConfig.from_json(meta['sd_scratch.config']) if stored else SDConfig())
+    cfg = _as_sdconfig(config) or (SDConfig.from_json(meta['sd_scratch.config']) if stored else _with_file_conv_in(SDConfig(), state))
     if prediction_type is not None:
         cfg = _with_prediction_type(cfg, prediction_type, path, said=stored if config is None else 'prediction_type' in cfg.schedule)
     nets = nets_from_ldm(state, cfg, use_ema=use_ema, what=str(path))
     return StableDiffusion(CLIPTokenizer(), nets['text'], nets['vae'], nets['unet'], schedule_from_config(cfg.schedule),
                            sampling=cfg.sampling)
+
+def _with_file_conv_in(cfg:SDConfig, state:dict) -> SDConfig:
+    "SD 1.x's shapes with as many UNet input channels as the file's `conv_in` reads: 4, or 9 for an inpainting model (lesson 07f)."
+    w = state.get('model.diffusion_model.input_blocks.0.0.weight')
+    if w is None or w.ndim != 4 or w.shape[1] == cfg.unet.in_channels: return cfg
+    unet = UNetConfig(**(asdict(cfg.unet) | dict(in_channels=int(w.shape[1]))))
+    return SDConfig(cfg.text, cfg.vae, unet, cfg.schedule, cfg.timestep_spacing, cfg.steps_offset)
 
 def _with_prediction_type(cfg:SDConfig, prediction_type:str, path, said:bool) -> SDConfig:
     "`cfg` with the prediction type the user says; refused where the file (or the given config) already says another."
