@@ -14,6 +14,7 @@ from .samplers import SAMPLER_NAMES
 from .objectives import OBJECTIVES
 from .pipeline import check_generation
 from .train import RECIPES   # the registries: the choices and help below are read from them, never repeated
+import sd_scratch.inpaint, sd_scratch.controlnet   # lessons 07f and 07g: their recipes (inpaint_toy, control_toy) join RECIPES
 
 # %% auto #0
 __all__ = ['GENERATE_FLAGS', 'DATA_HELP', 'check_generate_args', 'lora_arg', 'sampler_name', 'generate_parser', 'load_model',
@@ -27,7 +28,8 @@ GENERATE_FLAGS = dict(steps='--steps', guidance_scale='--guidance', sampler='--s
 def check_generate_args(a:argparse.Namespace):
     """Raise `ValueError` naming the first argument of `sd_scratch generate` that cannot work
     (the settings `generate` takes are checked by `check_generation`, the library's own validator, in the flags' names)."""
-    _check_strength_and_out(a)                                                   # (and --strength's default: 0.8)
+    _check_strength_and_out(a)                                                   # (and --strength's default: 0.8, 1 with --mask)
+    _check_repaint_and_control(a)                                                # --mask, --controlnet, --control, --control-scale
     if getattr(a, 'karras', False) and a.sampler in ('ddim', 'ddpm'):
         raise ValueError(f"--karras applies to --sampler euler, euler_a, heun and dpmpp_2m, not {a.sampler} (its timesteps are fixed)")
     check_generation(a.steps, a.guidance, sampler_name(a), a.eta, a.seed, a.height, a.width, a.strength,
@@ -38,8 +40,9 @@ def check_generate_args(a:argparse.Namespace):
     if a.prompt is None and a.batch is None: raise ValueError("give --prompt TEXT or --batch prompts.txt")
     if a.prompt is not None and a.batch is not None:
         raise ValueError("give --prompt TEXT or --batch prompts.txt, not both (put the prompt into the file as one more line)")
-    for name, kind in (('batch', 'file'), ('init_image', 'file'), ('checkpoint', None)):
-        p = getattr(a, name)
+    for name, kind in (('batch', 'file'), ('init_image', 'file'), ('checkpoint', None), ('mask', 'file'), ('control', 'file'),
+                       ('controlnet', None)):
+        p = getattr(a, name, None)
         if p is None: continue
         flag = '--' + name.replace('_', '-')
         if not Path(p).exists(): raise ValueError(f"{flag}: {p} does not exist")
@@ -75,7 +78,20 @@ def _check_strength_and_out(a:argparse.Namespace):
     if not str(a.out).strip(): raise ValueError("--out is empty: give the folder for the images (e.g. --out outputs)")
     if a.strength is not None and getattr(a, 'init_image', None) is None and 0 < a.strength <= 1:   # (a bad value: named below)
         raise ValueError("--strength applies to image-to-image only: give --init-image too (or leave --strength out)")
-    if a.strength is None: a.strength = 0.8
+    if a.strength is None: a.strength = 1.0 if getattr(a, 'mask', None) is not None else 0.8   # inpainting: the hole from noise
+
+def _check_repaint_and_control(a:argparse.Namespace):
+    "`--mask` belongs to `--init-image`; `--controlnet` and `--control` come together; `--control-scale` is theirs, a number >= 0."
+    if getattr(a, 'mask', None) is not None:
+        if a.init_image is None: raise ValueError("--mask marks what to repaint in --init-image: give --init-image too")
+        if a.height or a.width: raise ValueError("--mask repaints --init-image at its own size: leave out --height and --width")
+    net, control, scale = getattr(a, 'controlnet', None), getattr(a, 'control', None), getattr(a, 'control_scale', None)
+    if (net is None) != (control is None):
+        raise ValueError("--controlnet and --control go together: the ControlNet, and the control image it follows")
+    if scale is not None:
+        if net is None: raise ValueError("--control-scale applies to a ControlNet: give --controlnet and --control too")
+        if not math.isfinite(scale) or scale < 0: raise ValueError(f"--control-scale must be a number >= 0, got {scale}")
+    if net is not None and scale is None: a.control_scale = 1.0
 
 @contextlib.contextmanager
 def _folder_lock(folder:Path):
@@ -132,7 +148,15 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
                    'safetensors) at strength SCALE (default 1; 0 = without it), e.g. --lora data/toy_star_lora.safetensors:0.8')
     p.add_argument('--init-image', dest='init_image', default=None, help='start from this image (image-to-image)')
     p.add_argument('--strength', type=float, default=None, help='image-to-image: how much of the init image to noise away, '
-                   'in (0, 1] (default 0.8)')
+                   'in (0, 1] (default 0.8; 1 with --mask)')
+    p.add_argument('--mask', default=None, help='inpainting (lesson 07f): repaint where this picture is white; it has the size of '
+                   '--init-image, whose black part is kept. An inpainting checkpoint (9-channel UNet) reads the mask itself')
+    p.add_argument('--controlnet', default=None, help='steer the layout with a ControlNet (lesson 07g): our .safetensors '
+                   'export, a diffusers folder or an original control_sd15_* single file; needs --control')
+    p.add_argument('--control', default=None, help='the control image the ControlNet follows (an outline, a mask, ...), '
+                   'as large as the images to generate')
+    p.add_argument('--control-scale', dest='control_scale', type=float, default=None, help="how strongly the ControlNet "
+                   "steers, a number >= 0 (default 1; 0: as without it)")
     return p
 
 # %% ../nbs/09_cli.ipynb #476ac608
@@ -171,6 +195,20 @@ def _first_free_index(out:Path) -> int:
     taken = [int(m[1]) for p in out.glob('[0-9]*_*.png') if (m := re.match(r'([0-9]{3,})_', p.name))]
     return max(taken) + 1 if taken else 0
 
+def _control_hooks(a:argparse.Namespace, sd) -> list:
+    "The ControlNet of `--controlnet` as a sampling hook for `generate` (none without it)."
+    if getattr(a, 'controlnet', None) is None: return []
+    from sd_scratch.controlnet import load_controlnet, ControlHook
+    net = load_controlnet(a.controlnet).to(sd.device, sd.dtype)
+    return [ControlHook(net, a.control, a.control_scale)]
+
+def _draw(sd, a:argparse.Namespace, prompt:str, kw:dict, hooks:list):
+    "One image: `inpaint` (lesson 07f) with --mask, else `generate`; the ControlNet's hook goes to either."
+    if getattr(a, 'mask', None) is None: return sd.generate(prompt, hooks=hooks, **kw)[0]
+    from sd_scratch.inpaint import inpaint
+    rest = {k: v for k, v in kw.items() if k not in ('init_image', 'strength', 'seed')}
+    return inpaint(sd, prompt, kw['init_image'], a.mask, strength=kw['strength'], seed=kw['seed'], hooks=hooks, **rest)[0]
+
 def generate_main(a:argparse.Namespace) -> list[Path]:
     "Run `sd_scratch generate`: write one PNG per image (never replacing one unless --overwrite) and print the paths."
     from sd_scratch.core import atomic_write
@@ -179,6 +217,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
     init = None if a.init_image is None else _open_image(a.init_image)
     sd = load_model(a.checkpoint, getattr(a, 'prediction_type', None))
     if a.lora is not None: sd.load_lora(*lora_arg(a.lora))           # (lesson 07b's method: the package imports it)
+    hooks = _control_hooks(a, sd)                                      # --controlnet: lesson 07g's hook
     out = Path(a.out); out.mkdir(parents=True, exist_ok=True)
     paths = []
     for i, prompt in enumerate(prompts):
@@ -187,7 +226,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
                   timestep_spacing=a.spacing, steps_offset=a.steps_offset)
         if a.height: kw['height'] = a.height
         if a.width: kw['width'] = a.width
-        img = sd.generate(prompt, **kw)[0]
+        img = _draw(sd, a, prompt, kw, hooks)
         p = _save_numbered(img, out, a.seed + i, i if a.overwrite else None)   # whole file or nothing, under a free number
         paths.append(p); print(p, flush=True)
     return paths
@@ -362,7 +401,8 @@ def main(argv:list|None=None):
     "Entry point of the `sd_scratch` console script."
     p = argparse.ArgumentParser(prog='sd_scratch', description='Stable Diffusion 1.x from scratch: prepare data, train, sample.')
     sub = p.add_subparsers(dest='command', required=True)
-    generate_parser(sub.add_parser('generate', help='text-to-image or image-to-image sampling'))
+    generate_parser(sub.add_parser('generate', help='text-to-image, image-to-image, '
+                                   'inpainting (--mask) or ControlNet (--controlnet) sampling'))
     train_parser(sub.add_parser('train', help='train a recipe (plain process or under torchrun)'))
     data_parser(sub.add_parser('data', help='images with captions -> image shards -> latent shards (plain process or under torchrun)'))
     a = p.parse_args(argv)

@@ -27,7 +27,8 @@ __all__ = ['MASK_KINDS', 'STAR_TASK_FLOOR', 'PSNR_FLOOR', 'as_mask', 'read_mask'
 
 # %% ../nbs/07f_inpainting.ipynb #ebe847c0
 def _mask_size_error(what:str, h:int, w:int, height:int, width:int):
-    return ValueError(f"the {what} is {h}x{w} pixels but the image is {height}x{width}: draw the mask on the image itself (same size)")
+    return ValueError(f"the {what} is {w}x{h} pixels but the image is {width}x{height} (width x height): draw the mask on the image itself "
+                      "(same size)")
 
 def as_mask(mask, # a PIL image, or a tensor (H, W), (1, H, W) or (B, 1, H, W) in [0, 1]: white (>= 0.5) = repaint
             height:int, width:int, # the image's size: the mask must have it

@@ -84,3 +84,31 @@ def test_train_a_short_toy_run_from_a_json_recipe(tmp_path):
     assert sd.generate('a red circle on a blue background', steps=2, guidance_scale=2)[0].size == (64, 64)
     again = run('train', '--config', str(tmp_path/'run.json'), '--out', str(tmp_path/'run'), '--no-progress')
     assert again.returncode == 2 and 'already holds a training run' in again.stderr and 'Traceback' not in again.stderr
+
+def test_generate_inpaints_and_follows_a_controlnet_as_the_library_does(tmp_path):
+    "`--mask` (lesson 07f) and `--controlnet`/`--control` (lesson 07g) from the console script: the library's pictures, bad input refused."
+    from sd_scratch.core import asset_path
+    from sd_scratch.inpaint import inpaint
+    from sd_scratch.controlnet import load_controlnet, ControlHook
+    Image.fromarray(np.full((64, 64, 3), 230, np.uint8)).save(tmp_path/'picture.png')
+    hole = np.zeros((64, 64), np.uint8); hole[20:44, 20:44] = 255
+    Image.fromarray(hole).save(tmp_path/'mask.png'); Image.fromarray(hole[:32]).save(tmp_path/'short.png')
+    Image.fromarray(np.stack([hole] * 3, -1)).save(tmp_path/'control.png')
+    net = str(asset_path('toy_controlnet.safetensors'))
+    r = run('generate', '--prompt', 'a blue star on a white background', '--init-image', str(tmp_path/'picture.png'),
+            '--mask', str(tmp_path/'mask.png'), '--steps', '4', '--out', str(tmp_path/'a'))
+    assert r.returncode == 0, r.stderr
+    sd = StableDiffusion.from_pretrained('toy')
+    ref = inpaint(sd, 'a blue star on a white background', tmp_path/'picture.png', tmp_path/'mask.png', steps=4)[0]
+    assert np.abs(np.asarray(Image.open(r.stdout.split()[0]), int) - np.asarray(ref, int)).max() <= 1
+    r = run('generate', '--prompt', 'a red circle on a white background', '--controlnet', net, '--control', str(tmp_path/'control.png'),
+            '--control-scale', '0.8', '--steps', '4', '--out', str(tmp_path/'b'))
+    assert r.returncode == 0, r.stderr
+    ref = sd.generate('a red circle on a white background', steps=4, hooks=[ControlHook(load_controlnet(net), tmp_path/'control.png', 0.8)])[0]
+    assert np.abs(np.asarray(Image.open(r.stdout.split()[0]), int) - np.asarray(ref, int)).max() <= 1
+    for args, why in ((['--init-image', str(tmp_path/'picture.png'), '--mask', str(tmp_path/'short.png')], 'is 64x32 pixels but the image is 64x64 (width x height)'),
+                      (['--mask', str(tmp_path/'mask.png')], 'give --init-image too'),
+                      (['--controlnet', net], 'go together'),
+                      (['--controlnet', net, '--control', str(tmp_path/'short.png')], 'must be the same size')):
+        r = run('generate', '--prompt', 'x', '--steps', '2', '--out', str(tmp_path/'c'), *args)
+        assert r.returncode == 2 and why in r.stderr and 'Traceback' not in r.stderr, r.stderr
