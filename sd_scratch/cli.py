@@ -85,6 +85,7 @@ def _check_repaint_and_control(a:argparse.Namespace):
     if getattr(a, 'mask', None) is not None:
         if a.init_image is None: raise ValueError("--mask marks what to repaint in --init-image: give --init-image too")
         if a.height or a.width: raise ValueError("--mask repaints --init-image at its own size: leave out --height and --width")
+    elif getattr(a, 'keep_known', True) is False: raise ValueError("--no-keep-known applies to inpainting: give --mask too")
     net, control, scale = getattr(a, 'controlnet', None), getattr(a, 'control', None), getattr(a, 'control_scale', None)
     if (net is None) != (control is None):
         raise ValueError("--controlnet and --control go together: the ControlNet, and the control image it follows")
@@ -151,6 +152,9 @@ def generate_parser(p:argparse.ArgumentParser|None=None) -> argparse.ArgumentPar
                    'in (0, 1] (default 0.8; 1 with --mask)')
     p.add_argument('--mask', default=None, help='inpainting (lesson 07f): repaint where this picture is white; it has the size of '
                    '--init-image, whose black part is kept. An inpainting checkpoint (9-channel UNet) reads the mask itself')
+    p.add_argument('--keep-known', dest='keep_known', action=argparse.BooleanOptionalAction, default=True, help='with --mask: '
+                   'put the known part back after every step, also for an inpainting UNet (default); --no-keep-known leaves a '
+                   '9-channel UNet to redraw it from the mask, as diffusers does')
     p.add_argument('--controlnet', default=None, help='steer the layout with a ControlNet (lesson 07g): our .safetensors '
                    'export, a diffusers folder or an original control_sd15_* single file; needs --control')
     p.add_argument('--control', default=None, help='the control image the ControlNet follows (an outline, a mask, ...), '
@@ -207,7 +211,8 @@ def _draw(sd, a:argparse.Namespace, prompt:str, kw:dict, hooks:list):
     if getattr(a, 'mask', None) is None: return sd.generate(prompt, hooks=hooks, **kw)[0]
     from sd_scratch.inpaint import inpaint
     rest = {k: v for k, v in kw.items() if k not in ('init_image', 'strength', 'seed')}
-    return inpaint(sd, prompt, kw['init_image'], a.mask, strength=kw['strength'], seed=kw['seed'], hooks=hooks, **rest)[0]
+    return inpaint(sd, prompt, kw['init_image'], a.mask, strength=kw['strength'], seed=kw['seed'], hooks=hooks,
+                   keep_known=getattr(a, 'keep_known', True), **rest)[0]
 
 def generate_main(a:argparse.Namespace) -> list[Path]:
     "Run `sd_scratch generate`: write one PNG per image (never replacing one unless --overwrite) and print the paths."
