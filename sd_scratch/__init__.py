@@ -6,3 +6,6 @@ __version__ = "0.1.0"
 # lesson's module imports a later one. This file is not exported from a notebook: nbdev only keeps its
 # `__version__` line up to date.
 from . import lora as _lora  # noqa: F401,E402  (patches StableDiffusion.load_lora / unload_lora)
+# Lessons 07f and 07g add their model kinds, data kinds and recipes (`inpaint_toy`, `control_toy`) to 07c's registries when
+# imported; importing them here makes `train_run('inpaint_toy', ...)` work whatever was imported first.
+from . import inpaint as _inpaint, controlnet as _controlnet  # noqa: F401,E402

@@ -70,3 +70,11 @@ def test_later_lessons_methods_are_there_whatever_is_imported_first():
             "print('ok')")
     r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=PKG.parent, timeout=300)
     assert r.returncode == 0 and r.stdout.strip() == 'ok', r.stderr[-2000:]
+
+
+def test_later_lessons_recipes_are_there_whatever_is_imported_first():
+    "A fresh interpreter that imports only lesson 07c's module knows 07f's and 07g's recipes (the package imports their modules)."
+    import subprocess, sys
+    code = "from sd_scratch.train import RECIPES, load_run_config\nprint(load_run_config('inpaint_toy').model, load_run_config('control_toy').model)"
+    r = subprocess.run([sys.executable, '-c', code], capture_output=True, text=True, cwd=PKG.parent, timeout=300)
+    assert r.returncode == 0 and r.stdout.split() == ['inpainting_unet', 'controlnet'], r.stderr
