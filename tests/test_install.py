@@ -12,7 +12,7 @@ def test_plain_install_finds_data(tmp_path):
     code = ("import sd_scratch, sd_scratch.core as c, json; p = c.asset_path('vocab.json'); "
             "print(sd_scratch.__file__); print(p); print(len(json.load(open(p)))); "
             "print(all(c.asset_path(f).exists() for f in ['toy_vae.safetensors', 'toy_unet.safetensors', 'toy_unet_log.jsonl', "
-            "'toy_text_encoder.safetensors']))")
+            "'toy_text_encoder.safetensors', 'toy_inpaint_unet.safetensors', 'toy_controlnet.safetensors']))")
     out = subprocess.run([sys.executable, '-c', code], check=True, cwd=tmp_path, capture_output=True, text=True,
                          env={**os.environ, 'PYTHONPATH': str(site)}).stdout.split()
     assert out[0].startswith(str(site)), out      # the installed copy, not the source tree
