@@ -112,7 +112,8 @@ def test_configs():
     sd = load_run_config('sd15_2x5090')
     tc = sd.train_config()
     assert (tc.batch_size, tc.grad_accum_steps, sd.per_process_batch(2)) == (96, 2, 24)   # 2 GPUs x 24 x 2 = 96
-    assert sorted(RECIPES) == ['digits', 'finetune', 'lora', 'lora_toy', 'sd15_2x5090', 'tiny', 'toy', 'toy_shipped']
+    assert sorted(RECIPES) == ['control_toy', 'digits', 'finetune', 'inpaint_toy', 'lora', 'lora_toy', 'sd15_2x5090', 'tiny', 'toy',
+                               'toy_shipped']   # 07f's and 07g's too: the package imports their lessons
     for name, r in RECIPES.items():                                                 # every recipe is a base (finetune and lora
         needs = dict(data='my_data', checkpoint='toy') if r['data'] is None else {}   # name no data or model of their own)
         assert load_run_config(dict(base=name), **needs).name == name
