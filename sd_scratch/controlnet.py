@@ -4,7 +4,7 @@
 
 # %% ../nbs/07g_controlnet.ipynb #1171993a
 from __future__ import annotations
-import json, re, dataclasses
+import json, math, re, dataclasses
 from dataclasses import dataclass, asdict
 from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
@@ -17,7 +17,7 @@ from .pipeline import SamplingHook
 from .data import render_shape, ShapesDataset, all_captions, make_caption, COLOURS
 from .trainer import build_latent_cache
 from .train import MODEL_KINDS, DATA_KINDS, RECIPES, _init_unet
-from .convert import unet_key_to_ldm, unet_config_to_diffusers, no_init, read_checkpoint, CheckpointError
+from .convert import _write_model_folder, unet_key_to_ldm, unet_config_to_diffusers, no_init, read_checkpoint, CheckpointError
 from .evaluate import adherence
 
 # %% auto #0
@@ -110,6 +110,8 @@ def forward(self:ControlNet, z:torch.Tensor, # noisy latents (B, in_channels, h,
     "(down residuals, one per UNet skip; the middle block's residual): what `UNet2DCondition.forward` adds."
     t = UNet2DCondition._check_inputs(self, z, t, context)            # 04's checks: the same config fields
     self._check_cond(z, cond)
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"the conditioning scale must be a finite number, got {scale!r}")
     cfg = self.cfg
     temb = self.time_embedding(timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift).to(z.dtype))
     h = self.conv_in(z) + self.controlnet_cond_embedding(cond.to(z.dtype))   # (B, ch0, h, w): the latents plus the hint
@@ -128,7 +130,10 @@ def _check_cond(self:ControlNet, z, cond):
     if not isinstance(cond, torch.Tensor) or tuple(cond.shape) != want:
         raise ValueError(f"control image must be {want} for latents {tuple(z.shape)}, got "
                          f"{tuple(cond.shape) if isinstance(cond, torch.Tensor) else type(cond).__name__}")
+    if not cond.is_floating_point(): raise ValueError(f"control image must be a float tensor in [0, 1], got {cond.dtype}")
     if not torch.isfinite(cond).all(): raise ValueError("control image contains NaN or inf")
+    if cond.numel() and (cond.min() < 0 or cond.max() > 1):
+        raise ValueError(f"control image values must lie in [0, 1], got {cond.min().item():.3g}..{cond.max().item():.3g}")
 
 # %% ../nbs/07g_controlnet.ipynb #df3bab2b
 _ENCODER = ('conv_in', 'time_embedding', 'down_blocks', 'mid_block')   # what a ControlNet copies from its UNet
@@ -207,10 +212,15 @@ def load_controlnet(path # our weights file, a diffusers ControlNet folder, or a
     state, meta = read_checkpoint(p)
     if meta.get('model_class') in ('ControlNet', 'ControlledUNet'):     # our format (`save_file`, or a recipe's export)
         w = read_weights(p)
-        try: return load_state_strict(ControlNet(ControlNetConfig(**w.config)), w.tensors, str(p)).eval()
+        try: return load_state_strict(ControlNet(_header_config(w.config, p)), w.tensors, str(p)).eval()
         except KeyError as e: raise CheckpointError(str(e.args[0])) from None
     cfg = meta.get('sd_scratch_controlnet_config')                    # a single file we wrote: its config in the header
-    return controlnet_from_ldm(state, ControlNetConfig(**json.loads(cfg)) if cfg else None, str(p))
+    return controlnet_from_ldm(state, _header_config(cfg, p) if cfg else None, str(p))
+
+def _header_config(cfg, p) -> ControlNetConfig:
+    "The `ControlNetConfig` a file's header records (a dict or its JSON); one that does not make one is refused by name."
+    try: return ControlNetConfig(**(json.loads(cfg) if isinstance(cfg, str) else cfg))
+    except (TypeError, ValueError) as e: raise CheckpointError(f"{p}: its header's ControlNet config does not fit: {e}") from None
 
 # %% ../nbs/07g_controlnet.ipynb #c07f04ae
 class ControlledUNet(nn.Module):
@@ -251,7 +261,7 @@ def _build_controlled(run, cfg) -> ControlledUNet:
     return ControlledUNet(unet, ControlNet.from_unet(unet, cfg.conditioning_channels, hint))
 
 MODEL_KINDS['controlnet'] = dict(config=ControlNetConfig, build=_build_controlled, export='controlnet.safetensors', init_unet=True,
-                                 pipeline=False)
+                                 pipeline=False, data='shapes_control')
 DATA_KINDS['shapes_control'] = control_latent_cache
 RECIPES['control_toy'] = dict(name='control_toy', model='controlnet', init_unet='toy', data='shapes_control', n_images=2000,
                               image_size=64, data_seed=3, encoders='toy',
@@ -378,13 +388,13 @@ def save_controlnet(cn:ControlNet, # the ControlNet to write
     "Write a ControlNet as other tools read it: the original single-file layout, or a diffusers `ControlNetModel` folder."
     path, cfg = Path(path), cn.cfg
     state = {k: (v.to(dtype) if dtype is not None else v).detach().contiguous().cpu() for k, v in cn.state_dict().items()}
-    if path.suffix == '.safetensors':
+    if path.suffix.lower() in ('.ckpt', '.pt', '.pth', '.bin'):
+        raise ValueError(f"{path}: a ControlNet is written as a .safetensors single file or as a folder, not as {path.suffix}")
+    if path.suffix.lower() == '.safetensors':
         if path.exists() and not overwrite: raise FileExistsError(f"{path} already exists; nothing was overwritten")
         to_ldm = {ours: ldm for ldm, ours in controlnet_ldm_key_map(cfg).items()}
         meta = dict(format='pt', sd_scratch_controlnet_config=json.dumps(config_dict(cfg)))   # so a small config reads back
         return atomic_save_safetensors({to_ldm[k]: v for k, v in state.items()}, path, meta)
-    if path.exists() and not path.is_dir(): raise NotADirectoryError(f"{path} is a file, not a folder; nothing was written")
-    if (path/'config.json').exists() and not overwrite: raise FileExistsError(f"{path} already holds a model; nothing was overwritten")
-    atomic_save_safetensors(state, path/'diffusion_pytorch_model.safetensors', dict(format='pt'))
-    atomic_write_text(path/'config.json', json.dumps(controlnet_config_to_diffusers(cfg), indent=2))   # last: the folder is whole
-    return path
+    files = {'diffusion_pytorch_model.safetensors': lambda: state,          # staged, then renamed: the folder appears whole
+             'config.json': json.dumps(controlnet_config_to_diffusers(cfg), indent=2)}
+    return _write_model_folder(path, files, overwrite)

@@ -615,13 +615,21 @@ def save_diffusers_folder(sd, # a `StableDiffusion`
                           dtype:torch.dtype|None=None # e.g. torch.float16 halves the files; None keeps the weights' dtype
                          ) -> Path:
     "Write `sd` as a diffusers-format folder, which `diffusers.StableDiffusionPipeline.from_pretrained` and `load_diffusers_folder` read."
+    path = Path(path)
+    files = diffusers_folder_files(sd, dtype)              # every config is checked before the first byte is written
+    return _write_model_folder(path, files, overwrite)
+
+def _write_model_folder(path, # the folder to write: new, or empty
+                       files:dict, # relative path -> text, or a callable giving the tensors of a safetensors file
+                       overwrite:bool=False # True: also write into a non-empty folder, replacing these files there (others stay)
+                      ) -> Path:
+    "Write a model's files as a folder that appears whole: staged beside it, then renamed (per file, the last one last, into one in use)."
     import shutil, tempfile
     from sd_scratch.core import atomic_save_safetensors, atomic_write_text
     path = Path(path)
     if path.exists() and not path.is_dir(): raise NotADirectoryError(f"{path} is a file, not a folder; nothing was written")
     if path.is_dir() and any(path.iterdir()) and not overwrite:
         raise FileExistsError(f"{path} is not empty; nothing was written (overwrite=True replaces the model's files in it)")
-    files = diffusers_folder_files(sd, dtype)              # every config is checked before the first byte is written
     path.parent.mkdir(parents=True, exist_ok=True)
     stage = Path(tempfile.mkdtemp(dir=path.parent, prefix=f'.{path.name}.', suffix='.partial'))   # same file system: renames are atomic
     try:
@@ -633,7 +641,7 @@ def save_diffusers_folder(sd, # a `StableDiffusion`
         if not path.exists() or not any(path.iterdir()):
             if path.exists(): path.rmdir()
             os.rename(stage, path)                         # the whole folder appears at once (refused if `path` filled up meanwhile)
-        else:                                              # overwrite=True: one atomic rename per file, model_index.json last
+        else:                                              # overwrite=True: one atomic rename per file, the last one last
             for rel in files:
                 (path/rel).parent.mkdir(parents=True, exist_ok=True)
                 os.replace(stage/rel, path/rel)

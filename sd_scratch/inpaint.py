@@ -118,8 +118,12 @@ def make_inpainting_unet(unet:UNet2DCondition, # a trained text-to-image UNet (4
                          extra:int|None=None # input channels to add; default 1 + its latent channels (5 for SD)
                         ) -> InpaintingUNet:
     "The same UNet with `extra` more input channels whose weights are zero: before training it predicts exactly what `unet` does."
+    if not isinstance(unet, UNet2DCondition) or isinstance(unet, InpaintingUNet):
+        raise TypeError(f"make_inpainting_unet takes a text-to-image UNet2DCondition, got {type(unet).__name__}")
     c = unet.cfg
     extra = c.in_channels + 1 if extra is None else extra
+    if not isinstance(extra, int) or isinstance(extra, bool) or extra < 1:
+        raise ValueError(f"extra must be a whole number of input channels to add, at least 1, got {extra!r}")
     p = next(unet.parameters())
     new = InpaintingUNet(replace(c, in_channels=c.in_channels + extra)).to(p.device, p.dtype)
     state = dict(unet.state_dict())
@@ -261,7 +265,8 @@ def _build_inpainting_unet(run:RunConfig, cfg) -> InpaintingUNet:
     "The recipe's model: its `init_unet` (the shipped toy for 'toy'), with the inpainting channels added at zero."
     return make_inpainting_unet(_init_unet(run))
 
-MODEL_KINDS['inpainting_unet'] = dict(config=UNetConfig, build=_build_inpainting_unet, export='unet.safetensors', init_unet=True)
+MODEL_KINDS['inpainting_unet'] = dict(config=UNetConfig, build=_build_inpainting_unet, export='unet.safetensors', init_unet=True,
+                                     data='inpaint_shapes')
 DATA_KINDS['inpaint_shapes'] = inpaint_shapes_cache
 # the shipped inpainting toy (data/toy_inpaint_unet.safetensors): the toy fine-tuned on 3,000 masked shapes images, stars among them
 RECIPES['inpaint_toy'] = dict(name='inpaint_toy', model='inpainting_unet', init_unet='toy', data='inpaint_shapes', n_images=3000,

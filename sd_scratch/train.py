@@ -65,7 +65,8 @@ def _need(ok, msg:str):
 # gives its config class, how to build it from a recipe, the file it exports and whether it starts from a UNet (init_unet);
 # a data kind builds a `LatentCache` (with its `cond`) from a recipe and the frozen encoders.
 MODEL_KINDS = {}   # name -> dict(config=dataclass, build=fn(run, cfg) -> nn.Module, export='unet.safetensors', init_unet=bool,
-                   #              pipeline=bool: a run that starts from a UNet also exports an SD file and folder; default True)
+                   #              pipeline=bool: a run that starts from a UNet also exports an SD file and folder; default True,
+                   #              data=name: the data kind it trains on, whose `cond` it reads; None for plain latents)
 MODEL_KINDS['unet'] = dict(config=UNetConfig, build=lambda run, cfg: _build_unet(run, cfg), export='unet.safetensors', init_unet=True)
 DATA_KINDS = {}    # name -> fn(run, enc) -> LatentCache
 
@@ -78,6 +79,10 @@ def _check_kinds(self:RunConfig):
         _need(isinstance(getattr(self, k), kind), f"{k} must be a {kind.__name__}, got {getattr(self, k)!r}")
     _need(self.model in MODEL_KINDS, f"model must be one of {sorted(MODEL_KINDS)}, got {self.model!r}"
           + ("" if self.model in MODEL_KINDS else " (a later lesson's kind is known once its module is imported)"))
+    wants, kind = MODEL_KINDS[self.model].get('data'), self.data if self.data in DATA_KINDS else None   # a condition per picture
+    named = kind is not None or self.data in ('shapes', 'random')      # a file or folder: what it holds is checked when read
+    _need(not named or wants == kind, f"model {self.model!r} trains on data {wants!r}, got {self.data!r}" if wants else
+          f"data {self.data!r} carries a condition per picture that model {self.model!r} does not read")
     _need(self.encoders in ('toy', 'sd', 'hash'), f"encoders must be 'toy', 'sd' or 'hash', got {self.encoders!r}")
     _need(self.encoders != 'sd' or self.sd_checkpoint, f"encoders='sd' {_NEEDS_SD}")
     _need(self.init_unet != 'sd' or self.sd_checkpoint, f"init_unet='sd' {_NEEDS_SD}")
@@ -459,20 +464,14 @@ def build_data(run:RunConfig, enc:Encoders, cache_dir=None # where the encoded '
     if run.data == 'random':
         return random_latent_cache(n=run.n_images, latent_size=run.image_size // 8, context_dim=enc.encode_text(['']).shape[-1],
                                    seed=run.data_seed)
-    if run.data == 'shapes':
-        what = f"shapes_{run.n_images}x{run.image_size}_seed{run.data_seed}"
+    if run.data == 'shapes' or run.data in DATA_KINDS:                 # drawn and encoded once, kept for the next run
+        kind = '' if run.data == 'shapes' else f"{run.data}_"          # a later lesson's kind (07f, 07g) has its own file
+        what = f"shapes_{kind}{run.n_images}x{run.image_size}_seed{run.data_seed}"
         if run.shapes or run.replay: what += f"_{'-'.join(run.shapes)}_replay{run.replay}"
         path = None if cache_dir is None else Path(cache_dir)/f"{what}.safetensors"
         if path is not None and path.exists(): return LatentCache.load(path)
-        cache = shapes_latent_cache(run, enc)
+        cache = DATA_KINDS.get(run.data, shapes_latent_cache)(run, enc)
         if path is not None: cache.save(path)                          # atomic: another process sees all of it or none
-        return cache
-    if run.data in DATA_KINDS:                                         # a later lesson's kind (07f, 07g): encoded once, kept
-        what = f"shapes_{run.data}_{run.n_images}x{run.image_size}_seed{run.data_seed}"
-        path = None if cache_dir is None else Path(cache_dir)/f"{what}.safetensors"
-        if path is not None and path.exists(): return LatentCache.load(path)
-        cache = DATA_KINDS[run.data](run, enc)
-        if path is not None: cache.save(path)
         return cache
     check_data_origin(run, run.data)
     return read_latents(run.data, enc, 'data')
@@ -528,6 +527,7 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
         enc = recipe_encoders(run)
         _check_context_width(run, enc)                                 # before any data is encoded
         data, val = split_validation(run, (make_data or build_data)(run, enc, out_dir), enc)
+        _check_cond(run, data)                                         # a conditioned model needs a condition per picture
         trainer = trainer_class(build_model(run), data, run.train_config(), out_dir, pipeline=enc.pipeline, progress=progress,
                                 val=val, **trainer_kwargs)
         if resume: trainer.load_checkpoint(ckpt)
@@ -544,6 +544,12 @@ def train_run(run:RunConfig|str|dict, # a recipe (or its name, JSON path, dict)
                                                                        # streamed full-size run, lesson 08, exports unet.safetensors)
     finally: folder.release()
     return trainer
+
+def _check_cond(run:RunConfig, data):
+    "A model kind that reads a condition per picture (07f, 07g) gets data that holds one, and only such a kind does."
+    wants, has = MODEL_KINDS[run.model].get('data') is not None, getattr(data, 'cond', None) is not None
+    if wants and not has: raise ValueError(f"model {run.model!r} reads a condition per picture, and the data {run.data!r} holds none")
+    if has and not wants: raise ValueError(f"the data {run.data!r} holds a condition per picture that model {run.model!r} does not read")
 
 # %% ../nbs/07c_recipes.ipynb #bd7d3eb0
 def _model_context_dim(run:RunConfig) -> int|None:

@@ -192,13 +192,14 @@ class UpBlock(nn.Module):
         return h
 
 # %% ../nbs/04_unet.ipynb #aeec406d
-def _add_residuals(skips:list, residuals) -> list:
+def _add_residuals(skips:list, residuals, what:str='down_block') -> list:
     "Each skip plus its residual (a ControlNet's, lesson 07g): as many residuals as skips, each of its skip's shape."
-    if len(residuals) != len(skips):
-        raise ValueError(f"down_block_additional_residuals: the UNet has {len(skips)} skips, got {len(residuals)} residuals")
+    name = f"{what}_additional_residual{'s' if what == 'down_block' else ''}"
+    if len(residuals) != len(skips): raise ValueError(f"{name}: the UNet has {len(skips)} skips, got {len(residuals)} residuals")
     bad = [i for i, (s, r) in enumerate(zip(skips, residuals)) if tuple(r.shape) != tuple(s.shape)]
-    if bad: raise ValueError(f"down_block_additional_residuals[{bad[0]}] is {tuple(residuals[bad[0]].shape)}, "
-                             f"its skip is {tuple(skips[bad[0]].shape)}")
+    if bad:
+        where = f"{name}[{bad[0]}]" if what == 'down_block' else name
+        raise ValueError(f"{where} is {tuple(residuals[bad[0]].shape)}, where it is added is {tuple(skips[bad[0]].shape)}")
     return [s + r for s, r in zip(skips, residuals)]
 
 # %% ../nbs/04_unet.ipynb #d1371015
@@ -240,7 +241,7 @@ class UNet2DCondition(SavesWeights, nn.Module):
             h, block_skips = block(h, temb, context, ckpt); skips += block_skips
         if down_block_additional_residuals is not None: skips = _add_residuals(skips, down_block_additional_residuals)
         h = self.mid_block(h, temb, context, ckpt)
-        if mid_block_additional_residual is not None: h = h + mid_block_additional_residual
+        if mid_block_additional_residual is not None: h, = _add_residuals([h], [mid_block_additional_residual], 'mid_block')
         for block in self.up_blocks: h = block(h, skips, temb, context, ckpt)  # each pops its skips off the end
         return self.conv_out(F.silu(self.conv_norm_out(h)))          # (B, ch0, H, W) -> (B, out_channels, H, W)
 

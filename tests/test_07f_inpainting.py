@@ -44,3 +44,13 @@ def test_inpaint_from_files_keeps_the_rest(files, which):
     # one image: the lesson's 30 dB floor is over 40 images pooled; single images dip to about 28 dB where the decoder carries the
     # new colour across the hole's edge (the toy VAE's own round trip is about 30-35 dB)
     assert 10 * np.log10(1 / ((a - b)[keep] ** 2).mean()) >= 27
+    assert np.abs(a - b)[~keep].mean() > 0.1                            # and the hole was repainted: not the input handed back
+
+
+def test_the_recipe_refuses_data_without_masks():
+    "An inpainting UNet reads a mask per picture: data without one (or a plain UNet on masked data) is refused when the recipe is made."
+    from sd_scratch.train import load_run_config
+    with pytest.raises(ValueError, match="model 'inpainting_unet' trains on data 'inpaint_shapes', got 'shapes'"):
+        load_run_config(dict(base='inpaint_toy', data='shapes'))
+    with pytest.raises(ValueError, match="carries a condition per picture that model 'unet' does not read"):
+        load_run_config(dict(base='toy', data='inpaint_shapes'))

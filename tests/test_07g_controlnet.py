@@ -64,4 +64,12 @@ def test_folder_round_trip_in_diffusers(tmp_path):
     with torch.no_grad():
         ours, theirs = cn(z, 300, ctx, cond), ref(z, 300, ctx, cond, return_dict=False)
     assert max((a - b).abs().max().item() for a, b in zip(ours[0] + [ours[1]], list(theirs[0]) + [theirs[1]])) < 1e-4
-    assert load_controlnet(tmp_path/'cn').state_dict().keys() == cn.state_dict().keys()
+    back = load_controlnet(tmp_path/'cn').state_dict()
+    assert back.keys() == cn.state_dict().keys() and all(torch.equal(v, back[k]) for k, v in cn.state_dict().items())
+
+
+def test_the_recipe_refuses_data_without_controls():
+    "A ControlNet reads a control per picture: data without one is refused when the recipe is made."
+    from sd_scratch.train import load_run_config
+    with pytest.raises(ValueError, match="model 'controlnet' trains on data 'shapes_control', got 'shapes'"):
+        load_run_config(dict(base='control_toy', data='shapes'))
