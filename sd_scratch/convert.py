@@ -230,8 +230,9 @@ def _torch_load_weights_only(path:Path) -> dict:
             "and it will not fall back to full unpickling (a .ckpt can run any program when unpickled). "
             "If you trust where the file comes from, convert it to .safetensors with a tool you trust; better, get the "
             ".safetensors version of the model.") from None
-    except (RuntimeError, EOFError, OSError, ValueError) as e:
-        raise CheckpointError(f"could not read {path} as a PyTorch checkpoint (truncated or corrupt download?): {e}") from None
+    except Exception as e:   # torch's errors, and the unpickler's on bytes that are no pickle (IndexError, KeyError, UnicodeDecodeError...)
+        raise CheckpointError(f"{path} is not a PyTorch checkpoint that loads (truncated or corrupt download, or another kind of file): "
+                              f"{type(e).__name__}: {e}") from None
 
 # %% ../nbs/06a_convert.ipynb #2cd130bd
 def read_checkpoint(path # an SD single file: `.safetensors`, or `.ckpt` / `.pt` / `.pth`
