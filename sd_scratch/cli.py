@@ -6,7 +6,7 @@
 from __future__ import annotations
 import argparse, contextlib, math, os, re, shlex, signal, sys
 from pathlib import Path
-from .core import check_positive_int
+from .core import check_positive_int, open_image
 from .sources import MAX_FILE_MB, ShardStats
 from .shards import encode_source
 from .schedulers import TIMESTEP_SPACINGS
@@ -188,12 +188,6 @@ def _read_prompts(path) -> list[str]:
     if not prompts: raise ValueError(f"--batch {path} holds no prompts")
     return prompts
 
-def _open_image(path):
-    from PIL import Image, UnidentifiedImageError
-    try:
-        with Image.open(path) as im: return im.convert('RGB')
-    except (UnidentifiedImageError, OSError) as e: raise ValueError(f"--init-image {path} is not an image PIL can read: {e}") from None
-
 def _first_free_index(out:Path) -> int:
     "The number after the highest `NNN_*.png` already in `out` (0 in an empty folder; 1000 and up after 999)."
     taken = [int(m[1]) for p in out.glob('[0-9]*_*.png') if (m := re.match(r'([0-9]{3,})_', p.name))]
@@ -219,7 +213,7 @@ def generate_main(a:argparse.Namespace) -> list[Path]:
     from sd_scratch.core import atomic_write
     check_generate_args(a)
     prompts = [a.prompt] if a.batch is None else _read_prompts(a.batch)
-    init = None if a.init_image is None else _open_image(a.init_image)
+    init = None if a.init_image is None else open_image(a.init_image, '--init-image')
     sd = load_model(a.checkpoint, getattr(a, 'prediction_type', None))
     if a.lora is not None: sd.load_lora(*lora_arg(a.lora))           # (lesson 07b's method: the package imports it)
     hooks = _control_hooks(a, sd)                                      # --controlnet: lesson 07g's hook

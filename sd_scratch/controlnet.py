@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np, torch, torch.nn as nn, torch.nn.functional as F
 from PIL import Image
 from fastcore.basics import patch
-from .core import (SavesWeights, load_state_strict, read_weights, config_dict, asset_path, atomic_save_safetensors,
+from .core import (open_image, SavesWeights, load_state_strict, read_weights, config_dict, asset_path, atomic_save_safetensors,
                              atomic_write_text, state_and_config)
 from .unet import UNetConfig, UNet2DCondition, TimestepMLP, DownBlock, MidBlock, timestep_embedding, unet_config_from_diffusers
 from .pipeline import SamplingHook
@@ -156,12 +156,7 @@ def read_control_image(image, # a path, a PIL image, or a tensor (3, H, W) / (B,
                        height:int, width:int # the size of the image to generate: the control must have it
                       ) -> torch.Tensor:
     "The control image as (B, 3, height, width) in [0, 1] (RGB, as diffusers' pipeline reads it); a wrong size or file is refused."
-    if isinstance(image, (str, Path)):
-        p = Path(image)
-        if not p.is_file(): raise FileNotFoundError(f"control image not found: {p}")
-        try:
-            with Image.open(p) as im: image = im.convert('RGB')
-        except (OSError, ValueError) as e: raise ValueError(f"cannot read the control image {p} as an image: {e}") from None
+    if isinstance(image, (str, Path)): image = open_image(image, 'control image')
     if isinstance(image, Image.Image):
         image = torch.from_numpy(np.array(image.convert('RGB'))).permute(2, 0, 1).float() / 255   # (H, W, 3) -> (3, H, W)
     if not isinstance(image, torch.Tensor):
@@ -188,8 +183,13 @@ class ControlHook(SamplingHook):
         self.controlnet, self.image, self.scale = controlnet, image, float(scale)
 
     def start(self, sd, smp, z, generator, guided):
-        "Read the control image at the size `z` decodes to: one image for every prompt, or one per prompt."
-        f = self.controlnet.cfg.hint_downsample
+        "Check the ControlNet fits the pipeline's UNet; read the control image at the size `z` decodes to (one, or one per prompt)."
+        c, u = self.controlnet.cfg, sd.unet.cfg
+        misfit = [f"{k} {getattr(c, k)} (the UNet's: {getattr(u, k)})"
+                  for k in ('block_out_channels', 'layers_per_block', 'cross_attention_dim') if getattr(c, k) != getattr(u, k)]
+        if c.in_channels != z.shape[1]: misfit.append(f"in_channels {c.in_channels} (the latents': {z.shape[1]})")
+        if misfit: raise ValueError(f"this ControlNet was made for another UNet: {'; '.join(misfit)}")
+        f = c.hint_downsample
         cond = read_control_image(self.image, z.shape[2] * f, z.shape[3] * f)   # (1 or B, 3, H, W)
         if len(cond) not in (1, len(z)): raise ValueError(f"{len(cond)} control images for {len(z)} images: give one, or one per image")
         p = next(self.controlnet.parameters())

@@ -9,14 +9,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from importlib import resources
 import numpy as np, torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 from safetensors import SafetensorError
 from safetensors.torch import save_file, safe_open
 
 # %% auto #0
 __all__ = ['WEIGHTS_FORMAT', 'default_device', 'seed_everything', 'check_positive_int', 'refuse_unknown_keys',
-           'check_image_tensor', 'image_to_tensor', 'tensor_to_images', 'image_grid', 'save_grid', 'show_images',
-           'figure_dir', 'long_cells', 'asset_path', 'files_of', 'load_state_strict', 'atomic_write',
+           'check_image_tensor', 'image_to_tensor', 'open_image', 'tensor_to_images', 'image_grid', 'save_grid',
+           'show_images', 'figure_dir', 'long_cells', 'asset_path', 'files_of', 'load_state_strict', 'atomic_write',
            'atomic_save_safetensors', 'atomic_write_text', 'load_safetensors', 'interrupt_requested',
            'stop_on_interrupt', 'process_alive', 'lock_owner', 'RunFolder', 'config_dict', 'save_weights', 'Weights',
            'read_weights', 'SavesWeights', 'state_and_config']
@@ -87,6 +87,21 @@ def image_to_tensor(img, # PIL image, or uint8 array (H, W) or (H, W, C)
     a = torch.from_numpy(np.array(img)).float()    # (H, W) or (H, W, C), 0..255
     if a.ndim == 2: a = a[..., None]
     return a.permute(2, 0, 1) / 127.5 - 1           # (H, W, C) -> (C, H, W), 0..255 -> [-1, 1]
+
+# %% ../nbs/00_core.ipynb #45300998
+def open_image(path, # an image file: PNG, JPEG, WebP...
+               what:str='image', # how the user knows it, for the error message ('mask', '--init-image')
+               mode:str|None='RGB' # the PIL mode to convert to; None keeps the file's own
+              ) -> Image.Image:
+    "The picture in `path`, read in full and the file closed again; a missing file, or one PIL cannot read, is refused by name."
+    p = Path(path)
+    if not p.is_file(): raise FileNotFoundError(f"{what} file {str(p)!r} not found")
+    try:
+        with Image.open(p) as im:
+            im.load()
+            return im.convert(mode) if mode else im.copy()
+    except (UnidentifiedImageError, OSError, ValueError, Image.DecompressionBombError) as e:
+        raise ValueError(f"{what} file {str(p)!r} cannot be read as an image ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/00_core.ipynb #826d5915
 def tensor_to_images(x:torch.Tensor # (C, H, W) or (B, C, H, W) in [-1, 1]

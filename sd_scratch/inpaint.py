@@ -4,13 +4,13 @@
 
 # %% ../nbs/07f_inpainting.ipynb #d6958907
 from __future__ import annotations
-import math
+import inspect, math
 from dataclasses import replace
 from pathlib import Path
 import numpy as np, torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, UnidentifiedImageError
-from .core import image_to_tensor, check_image_tensor, asset_path, read_weights
+from PIL import Image, ImageDraw
+from .core import open_image, image_to_tensor, check_image_tensor, asset_path, read_weights
 from .unet import UNet2DCondition, UNetConfig
 from .objectives import schedule_from_config
 from .pipeline import StableDiffusion, SamplingHook
@@ -20,10 +20,10 @@ from .data import ShapesDataset, SHAPES, _HALF_EXTENT
 from .evaluate import judge
 
 # %% auto #0
-__all__ = ['MASK_KINDS', 'STAR_TASK_FLOOR', 'PSNR_FLOOR', 'as_mask', 'read_mask', 'latent_mask', 'noise_to_step', 'KeepKnown',
-           'MaskChannels', 'InpaintingUNet', 'make_inpainting_unet', 'inpaint_layout', 'inpaint', 'box_mask',
-           'shape_box', 'stroke_mask', 'random_mask', 'inpaint_cond', 'inpaint_shapes_cache', 'star_task',
-           'psnr_outside', 'inpaint_measure', 'inpainting_toy']
+__all__ = ['MASK_KINDS', 'STAR_TASK_FLOOR', 'PSNR_FLOOR', 'as_mask', 'read_mask', 'latent_mask', 'KeepKnown', 'MaskChannels',
+           'InpaintingUNet', 'make_inpainting_unet', 'inpaint_layout', 'inpaint', 'box_mask', 'shape_box',
+           'stroke_mask', 'random_mask', 'inpaint_cond', 'inpaint_shapes_cache', 'star_task', 'psnr_outside',
+           'inpaint_measure', 'inpainting_toy']
 
 # %% ../nbs/07f_inpainting.ipynb #ebe847c0
 def _mask_size_error(what:str, h:int, w:int, height:int, width:int):
@@ -54,11 +54,7 @@ def read_mask(path_or_image, # a mask file (PNG, JPEG...: white = repaint), a PI
     "The mask as a binary tensor (1, 1, H, W) (1 = repaint); a missing or unreadable file, or one of another size, is refused."
     if not isinstance(path_or_image, (str, Path)): return as_mask(path_or_image, height, width)
     p = Path(path_or_image)
-    if not p.is_file(): raise FileNotFoundError(f"mask file {str(p)!r} not found")
-    try:
-        with Image.open(p) as im: im.load(); img = im.copy()
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"mask file {str(p)!r} cannot be read as an image ({type(e).__name__}: {e})") from None
+    img = open_image(p, 'mask', mode=None)          # the file's own mode: as_mask reads grey, RGB or RGBA
     return as_mask(img, height, width, f"mask {p.name}")
 
 # %% ../nbs/07f_inpainting.ipynb #aa4a3340
@@ -68,19 +64,6 @@ def latent_mask(mask:torch.Tensor, # (B, 1, H, W) binary, 1 = repaint
     "The mask at latent size, (B, 1, H/f, W/f): nearest-neighbour, as `StableDiffusionInpaintPipeline.prepare_mask_latents`."
     return F.interpolate(mask, size=(mask.shape[-2] // factor, mask.shape[-1] // factor))   # default mode: 'nearest'
 
-# %% ../nbs/07f_inpainting.ipynb #481af1af
-def noise_to_step(smp, # a sampler of lesson 05 or 05a whose `start` was called
-                  x0:torch.Tensor, # clean (scaled) latents
-                  noise:torch.Tensor, # N(0, I), same shape
-                  k:int # an index into `smp.timesteps`
-                 ) -> torch.Tensor:
-    "`x0` noised to the level of entry `k` of the sampler's timesteps: its own image-to-image noising (`noise_to_start`) at step k."
-    begin = smp._begin
-    try:
-        smp._begin = k                         # where `noise_to_start` looks
-        return smp.noise_to_start(x0, noise)
-    finally: smp._begin = begin                # the run's own start, untouched
-
 # %% ../nbs/07f_inpainting.ipynb #0d9c4574
 class KeepKnown(SamplingHook):
     "Inpainting with any UNet: after every step, the known region (mask 0) is the image's latents noised to the next step's level."
@@ -89,9 +72,9 @@ class KeepKnown(SamplingHook):
                  mask:torch.Tensor): # (B, 1, h, w) at latent size: 1 = repaint
         self.image_latents, self.noise, self.mask = image_latents, noise, mask
     def after_step(self, sd, smp, i:int, t, z:torch.Tensor) -> torch.Tensor:
-        k = smp._begin + i + 1                                         # the step the sample is now at
+        k = smp.start_index + i + 1                                        # the step the sample is now at
         known = (self.image_latents if k >= len(smp.timesteps)         # after the last step: the clean latents themselves
-                 else noise_to_step(smp, self.image_latents, self.noise, k))
+                 else smp.noise_to_start(self.image_latents, self.noise, k))
         return (1 - self.mask) * known + self.mask * z                 # (B, C, h, w): the hole is the model's, the rest is ours
 
 # %% ../nbs/07f_inpainting.ipynb #a142d1a0
@@ -135,13 +118,7 @@ def make_inpainting_unet(unet:UNet2DCondition, # a trained text-to-image UNet (4
 # %% ../nbs/07f_inpainting.ipynb #4fc2b11f
 def _image_tensor(image, what:str='image') -> torch.Tensor:
     "(1, 3, H, W) in [-1, 1] from a PIL image, a path, or a tensor in [-1, 1]."
-    if isinstance(image, (str, Path)):
-        p = Path(image)
-        if not p.is_file(): raise FileNotFoundError(f"{what} file {str(p)!r} not found")
-        try:
-            with Image.open(p) as im: im.load(); image = im.convert('RGB')
-        except (UnidentifiedImageError, OSError) as e:
-            raise ValueError(f"{what} file {str(p)!r} cannot be read as an image ({type(e).__name__}: {e})") from None
+    if isinstance(image, (str, Path)): image = open_image(image, what)
     if isinstance(image, Image.Image): return image_to_tensor(image.convert('RGB'))[None]
     if not isinstance(image, torch.Tensor): raise TypeError(f"{what} must be a PIL image, a path or a tensor, got {type(image).__name__}")
     x = image[None] if image.ndim == 3 else image
@@ -187,7 +164,8 @@ def inpaint(sd:StableDiffusion, # any pipeline: a 4-channel UNet blends, a 9-cha
     if len(m) != 1: raise ValueError(f"give one mask (1, H, W) for the image, got {len(m)}")
     B = len([prompt] if isinstance(prompt, str) else prompt)
     if generator is None: generator = torch.Generator().manual_seed(seed) if seed is not None else torch.Generator()
-    smp = sd.make_sampler(generate_kwargs.get('sampler', 'ddim'), generate_kwargs.get('steps', 50), generate_kwargs.get('eta', 0.0))
+    given = lambda k: generate_kwargs.get(k, inspect.signature(sd.generate).parameters[k].default)   # or generate's default
+    smp = sd.make_sampler(given('sampler'), given('steps'), given('eta'))
     smp.start(strength)                                                # checks strength and steps before anything is drawn
     f, before = sd.vae.cfg.downsample_factor, generator.get_state()
     z_img = sd._init_latents(x, B, H, W, generator) if keep or strength < 1 else None   # diffusers' draws, in order

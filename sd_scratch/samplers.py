@@ -147,10 +147,11 @@ def _reset(self:SigmaSampler): pass         # a sampler with memory (Heun, DPM-S
 
 @patch
 def noise_to_start(self:SigmaSampler, x0:torch.Tensor, # clean latents
-                   noise:torch.Tensor # N(0, I), same shape
+                   noise:torch.Tensor, # N(0, I), same shape
+                   k:int|None=None # an index into `timesteps`; None: `start_index`, where the run begins
                   ) -> torch.Tensor:
-    "Image-to-image: the clean latents noised to the noise level where the run `start` began: `x0 + sigma * noise`."
-    return x0 + noise * self.sigmas[self._begin].to(x0)
+    "Image-to-image: the clean latents noised to the noise level where the run `start` began (or entry `k`): `x0 + sigma * noise`."
+    return x0 + noise * self.sigmas[self._entry(k)].to(x0)
 
 @patch
 def _advance(self:SigmaSampler, t) -> int:
@@ -250,9 +251,9 @@ class DPMSolverPP2MSampler(SigmaSampler):
     @property
     def init_noise_sigma(self) -> float: return 1.0       # works on z_t itself (the variance-preserving scale), like DDIM
     def scale_model_input(self, z:torch.Tensor, t) -> torch.Tensor: return z
-    def noise_to_start(self, x0:torch.Tensor, noise:torch.Tensor) -> torch.Tensor:
-        "Image-to-image: `alpha x0 + s noise` at the start's noise level (alpha = 1/sqrt(sigma² + 1), s = sigma alpha)."
-        a, s = self._alpha_s(self.sigmas[self._begin].to(x0))
+    def noise_to_start(self, x0:torch.Tensor, noise:torch.Tensor, k:int|None=None) -> torch.Tensor:
+        "Image-to-image: `alpha x0 + s noise` at the start's noise level, or entry `k`'s (alpha = 1/sqrt(sigma² + 1), s = sigma alpha)."
+        a, s = self._alpha_s(self.sigmas[self._entry(k)].to(x0))
         return a * x0 + s * noise
 
     def _reset(self): self._prev = None       # (x0 estimate, lambda) of the previous step
@@ -321,10 +322,11 @@ class FlowMatchEulerSampler(SigmaSampler):
     def init_noise_sigma(self) -> float: return 1.0    # s = 1 is N(0, I) itself
     def scale_model_input(self, z:torch.Tensor, t) -> torch.Tensor: return z
     def noise_to_start(self, x0:torch.Tensor, # clean latents
-                       noise:torch.Tensor # N(0, I), same shape
+                       noise:torch.Tensor, # N(0, I), same shape
+                       k:int|None=None # an index into `timesteps`; None: `start_index`, where the run begins
                       ) -> torch.Tensor:
-        "Image-to-image: the point at the start's level on the line from `x0` to `noise` (diffusers' `scale_noise`)."
-        s = self.sigmas[self._begin].to(x0)
+        "Image-to-image: the point at the start's level (or entry `k`'s) on the line from `x0` to `noise` (diffusers' `scale_noise`)."
+        s = self.sigmas[self._entry(k)].to(x0)
         return s * noise + (1.0 - s) * x0
 
     def _step(self, v, i, z, generator, variance_noise):

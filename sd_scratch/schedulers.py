@@ -305,12 +305,26 @@ def start(self:Sampler, strength:float=1.0) -> torch.Tensor:
     self._begin = img2img_skip(self.num_inference_steps, strength) * self.order
     return self.timesteps[self._begin:]
 
+@patch(as_prop=True)
+def start_index(self:Sampler) -> int:
+    "Where in `timesteps` the run `start` began: 0 for text-to-image, later for image-to-image."
+    return self._begin
+
+@patch
+def _entry(self:Sampler, k) -> int:
+    "`k` checked as an index into `timesteps`; None is `start_index`."
+    if k is None: return self._begin
+    if not isinstance(k, int) or isinstance(k, bool) or not 0 <= k < len(self.timesteps):
+        raise ValueError(f"k must be an index into this sampler's {len(self.timesteps)} timesteps, got {k!r}")
+    return k
+
 @patch
 def noise_to_start(self:Sampler, x0:torch.Tensor, # clean (scaled) latents
-                   noise:torch.Tensor # N(0, I), same shape
+                   noise:torch.Tensor, # N(0, I), same shape
+                   k:int|None=None # an index into `timesteps`; None: `start_index`, where the run begins
                   ) -> torch.Tensor:
-    "Image-to-image: clean latents noised to the timestep where the run `start` began."
-    return self.schedule.add_noise(x0, noise, int(self.timesteps[self._begin]))
+    "Image-to-image: clean latents noised to the timestep where the run `start` began (or to entry `k`: 07f's inpainting asks for each)."
+    return self.schedule.add_noise(x0, noise, int(self.timesteps[self._entry(k)]))
 
 # %% ../nbs/05_ddpm_ddim.ipynb #e97f10a7
 class FlowSchedule:

@@ -83,6 +83,8 @@ def _check_kinds(self:RunConfig):
     named = kind is not None or self.data in ('shapes', 'random')      # a file or folder: what it holds is checked when read
     _need(not named or wants == kind, f"model {self.model!r} trains on data {wants!r}, got {self.data!r}" if wants else
           f"data {self.data!r} carries a condition per picture that model {self.model!r} does not read")
+    _need(not wants or not self.train.get('sample_every'), f"train.sample_every draws grids with the text-to-image pipeline, which "
+          f"model {self.model!r} cannot (it reads a condition per picture): leave it 0 and draw with its lesson's own pipeline")
     _need(self.encoders in ('toy', 'sd', 'hash'), f"encoders must be 'toy', 'sd' or 'hash', got {self.encoders!r}")
     _need(self.encoders != 'sd' or self.sd_checkpoint, f"encoders='sd' {_NEEDS_SD}")
     _need(self.init_unet != 'sd' or self.sd_checkpoint, f"init_unet='sd' {_NEEDS_SD}")

@@ -59,7 +59,7 @@ def test_generate_bad_files(tmp_path):
     (tmp_path/'file').write_text('x')
     refused(gen(tmp_path/'file'), '--out', 'is not a folder')
     (tmp_path/'notes.txt').write_text('not an image')
-    refused(gen(tmp_path/'o', '--init-image', str(tmp_path/'notes.txt')), '--init-image', 'is not an image')
+    refused(gen(tmp_path/'o', '--init-image', str(tmp_path/'notes.txt')), '--init-image', 'cannot be read as an image')
     refused(gen(tmp_path/'o', '--init-image', str(tmp_path)), '--init-image', 'is not a file')
     refused(cli('generate', '--batch', str(tmp_path), '--out', str(tmp_path/'o')), '--batch', 'is not a file')
     (tmp_path/'bad.txt').write_bytes(b'a red circle\n\xff\xfe broken\n')
