@@ -249,18 +249,18 @@ DATA_KINDS['inpaint_shapes'] = inpaint_shapes_cache
 # the shipped inpainting toy (data/toy_inpaint_unet.safetensors): the toy fine-tuned on 3,000 masked shapes images, stars among them
 RECIPES['inpaint_toy'] = dict(name='inpaint_toy', model='inpainting_unet', init_unet='toy', data='inpaint_shapes', n_images=3000,
                               image_size=64, data_seed=2, encoders='toy',
-                              train=dict(steps=1300, batch_size=32, lr=1e-3, warmup_steps=30, min_lr_ratio=0.1, min_snr_gamma=5.0,
+                              train=dict(steps=2600, batch_size=32, lr=1e-3, warmup_steps=30, min_lr_ratio=0.1, min_snr_gamma=5.0,
                                          cfg_dropout=0.1, offset_noise=0.1, ema_decay=0.0, seed=0, device='cpu', log_every=10,
                                          ckpt_every=325, sample_every=0, channels_last=True))
 
 # %% ../nbs/07f_inpainting.ipynb #d852d91b
 STAR_TASK_FLOOR, PSNR_FLOOR = 0.90, 30.0    # a blue star in >= 90% of the holes; >= 30 dB outside the holes (all pixels pooled)
 
-def star_task(n:int=40, # images
+def star_task(n:int=120, # images
               seed:int=123, # the shapes data's seed (another than the training data's)
               colour:str='blue', shape:str='star', size:int=64) -> tuple:
     "(images (n, 3, H, W), masks (n, 1, H, W), boxes, prompts): known shapes, their boxes masked, asked to become `colour` `shape`s."
-    ds = ShapesDataset(max(80, 2 * n), size, seed)                       # one pool: a smaller n takes the first of the same images
+    ds = ShapesDataset(2 * max(n, 120), size, seed)                    # one pool up to n = 120: a smaller n takes the first of it
     idx = [i for i, a in enumerate(ds.attrs) if a['background'] != colour][:n]
     boxes = [shape_box(ds.attrs[i], size, 0.06, grid=4) for i in idx]
     masks = torch.stack([box_mask(size, *b) for b in boxes])[:, None]
@@ -278,7 +278,7 @@ def psnr_outside(out:torch.Tensor, x:torch.Tensor, # (N, 3, H, W) in [-1, 1]: re
     return 10 * torch.log10(1 / mse.clamp_min(1e-12))
 
 # %% ../nbs/07f_inpainting.ipynb #c0d17c7a
-def inpaint_measure(sd:StableDiffusion, n:int=40, # images of `star_task`
+def inpaint_measure(sd:StableDiffusion, n:int=120, # images of `star_task`
                     steps:int=30, guidance_scale:float=2.0, sampler:str='ddim', colour:str='blue', shape:str='star',
                     keep_known:bool|None=True) -> dict:
     "Judge `inpaint` on `star_task`: the share of holes holding the asked colour and shape; the PSNR outside the holes (and the VAE's)."
