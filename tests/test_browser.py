@@ -57,6 +57,10 @@ class Lab:
         # JupyterLab 4 draws only the cells in view; 'none' puts every cell (and its outputs) in the page
         (settings/'tracker.jupyterlab-settings').write_text(json.dumps({'windowingMode': 'none'}))
         env = {k: v for k, v in os.environ.items() if k not in ('IN_TEST', 'OMP_NUM_THREADS', 'MPLBACKEND')}  # a learner's shell
+        # ... on a machine of its own. CI runs this beside another lane on the other core: a kernel at torch's default of one
+        # thread per core then fights that lane for it, and OpenMP's waiting makes a Run All many times slower (06 took 1,017 s
+        # instead of minutes). SD_SCRATCH_LAB_THREADS caps the kernels' threads there; a learner's machine is not shared.
+        if os.environ.get('SD_SCRATCH_LAB_THREADS'): env['OMP_NUM_THREADS'] = os.environ['SD_SCRATCH_LAB_THREADS']
         env.update(JUPYTERLAB_SETTINGS_DIR=str(root/'lab-settings'), JUPYTER_RUNTIME_DIR=str(root/'runtime'),
                    HOME=str(root/'home'), PYTHONUNBUFFERED='1')
         (root/'home').mkdir()
