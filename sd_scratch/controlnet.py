@@ -100,6 +100,11 @@ class ControlNet(SavesWeights, nn.Module):
         self.controlnet_mid_block = zero_conv(nn.Conv2d(chs[-1], chs[-1], 1))
 
 # %% ../nbs/07g_controlnet.ipynb #00ba6895
+def _check_scale(scale):
+    "The conditioning scale: a finite number (0 turns the ControlNet off)."
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
+        raise ValueError(f"the conditioning scale must be a finite number, got {scale!r}")
+
 @patch
 def forward(self:ControlNet, z:torch.Tensor, # noisy latents (B, in_channels, h, w)
             t:torch.Tensor|int, # timesteps (B,) or a scalar
@@ -110,8 +115,7 @@ def forward(self:ControlNet, z:torch.Tensor, # noisy latents (B, in_channels, h,
     "(down residuals, one per UNet skip; the middle block's residual): what `UNet2DCondition.forward` adds."
     t = UNet2DCondition._check_inputs(self, z, t, context)            # 04's checks: the same config fields
     self._check_cond(z, cond)
-    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not math.isfinite(scale):
-        raise ValueError(f"the conditioning scale must be a finite number, got {scale!r}")
+    _check_scale(scale)
     cfg = self.cfg
     temb = self.time_embedding(timestep_embedding(t, cfg.block_out_channels[0], cfg.flip_sin_to_cos, cfg.freq_shift).to(z.dtype))
     h = self.conv_in(z) + self.controlnet_cond_embedding(cond.to(z.dtype))   # (B, ch0, h, w): the latents plus the hint
@@ -178,8 +182,7 @@ class ControlHook(SamplingHook):
     def __init__(self, controlnet:ControlNet, # the ControlNet (`load_controlnet`)
                  image, # the control: a path, PIL image or [0, 1] tensor of the size to generate (one, or one per prompt)
                  scale:float=1.0): # conditioning scale (diffusers' `controlnet_conditioning_scale`): 0 turns it off
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not np.isfinite(scale):
-            raise ValueError(f"the control scale must be a finite number, got {scale!r}")
+        _check_scale(scale)                                            # refused here, before anything is drawn
         self.controlnet, self.image, self.scale = controlnet, image, float(scale)
 
     def start(self, sd, smp, z, generator, guided):
